@@ -1,0 +1,146 @@
+"""Fixtures for the local cloud: real sshd hosts in network namespaces, moto_server as S3.
+
+Everything here needs root; without it (or without `ip`/sshd) every test in this folder is
+skipped with the reason. Two people (or two runs) can work side by side by giving each a
+prefix and subnet: SPARKFAB_LOCALCLOUD_PREFIX=sfc1 SPARKFAB_LOCALCLOUD_SUBNET=10.77.1.0/24.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sparkfab.localcloud import (
+    Keypair,
+    LocalCloud,
+    derived_subnet,
+    make_keypair,
+    missing_requirements,
+)
+from sparkfab.localcloud.hosts import Host
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+PREFIX = os.environ.get("SPARKFAB_LOCALCLOUD_PREFIX", "sf")
+SUBNET = os.environ.get("SPARKFAB_LOCALCLOUD_SUBNET", "10.77.0.0/24")
+CLOUD_ROOT = REPO / ".cache" / "localcloud"
+WORKERS = 2
+
+_WHY_NOT = missing_requirements()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(autouse=True)
+def _needs_local_cloud() -> None:
+    if _WHY_NOT:
+        pytest.skip("local cloud unavailable: " + "; ".join(_WHY_NOT))
+
+
+@pytest.fixture(scope="session")
+def ssh_keypair(tmp_path_factory: pytest.TempPathFactory) -> Keypair:
+    """An ed25519 key made for this test session only."""
+    return make_keypair(tmp_path_factory.mktemp("ssh") / "id_ed25519", "sparkfab-tests")
+
+
+def cloud_for(tag: str = "", k: int = 0) -> LocalCloud:
+    """A LocalCloud named from the session's prefix; k > 0 gives one that can run beside it."""
+    prefix = f"{PREFIX}{tag}{k or ''}"
+    return LocalCloud(prefix, derived_subnet(SUBNET, k), workdir=CLOUD_ROOT / prefix)
+
+
+@pytest.fixture(scope="session")
+def cloud_maker() -> Callable[..., LocalCloud]:
+    """cloud_for(tag, k): an unstarted LocalCloud that can run beside `local_cloud` (k > 0)."""
+    return cloud_for
+
+
+@pytest.fixture(scope="module")
+def local_cloud(ssh_keypair: Keypair) -> Iterator[LocalCloud]:
+    """A master, WORKERS workers and moto_server; one per test module, removed after it.
+
+    Hosts are `cloud.hosts["master"]`, `["worker-1"]`, ...; S3 is `cloud.moto_endpoint`.
+    """
+    with cloud_for() as cloud:
+        cloud.add_host("master", None, [ssh_keypair.public_key])
+        for i in range(1, WORKERS + 1):
+            cloud.add_host(f"worker-{i}", None, [ssh_keypair.public_key])
+        cloud.start_moto()
+        (cloud.workdir / "known_hosts").write_text(cloud.known_hosts())
+        yield cloud
+
+
+@pytest.fixture
+def local_cloud_factory() -> Iterator[Callable[[], LocalCloud]]:
+    """Extra clouds (brought up, not yet populated) beside `local_cloud`; all removed after."""
+    made: list[LocalCloud] = []
+
+    def make() -> LocalCloud:
+        cloud = cloud_for("x", len(made) + 1)
+        made.append(cloud)
+        return cloud.up()
+
+    yield make
+    errors = []
+    for cloud in made:
+        try:
+            cloud.down()
+        except Exception as exc:  # keep going: every cloud must be removed
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def ssh(ssh_keypair: Keypair) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """ssh(host, command, known_hosts=..., key=...) with the real OpenSSH client, strictly:
+    only the cloud's host keys are trusted and nothing is added to any known_hosts."""
+
+    def run(
+        host: Host,
+        command: str,
+        *,
+        known_hosts: Path | None = None,
+        key: Path | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        kh = known_hosts
+        if kh is None:
+            kh = host.node_dir / "known_hosts.client"
+            kh.write_text(host.host_public_key + "\n")
+        return subprocess.run(
+            [
+                "ssh",
+                "-i",
+                str(key or ssh_keypair.private_key),
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                f"UserKnownHostsFile={kh}",
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+                f"root@{host.ip}",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
