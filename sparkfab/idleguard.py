@@ -1,0 +1,191 @@
+"""The idle cost guard: a check every minute on the master that shuts the cluster down when
+no Spark application has run for `idle_timeout_minutes` (or at the max lifetime).
+
+The check itself is templates/idle-guard.py.j2, rendered here with the cluster's facts and
+run on the master by the node's Python: under a systemd timer on real instances, or as
+`--loop` under the install's supervisor where systemd is absent (the local cloud). It
+writes STATE_FILE, which `fab status` reads over SSH (`read_state` + `describe`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from sparkfab import ports
+from sparkfab.errors import UserError
+from sparkfab.inventory import Inventory
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+SCRIPT_PATH = "/opt/sparkfab/bin/idle-guard.py"
+STATE_FILE = "/var/lib/sparkfab/idle-guard.json"
+UNIT = "sparkfab-idle-guard"  # .service + .timer
+UNIT_DIR = "/etc/systemd/system"
+INTERVAL_S = 60
+# On AWS the instances are launched with shutdown behaviour `terminate`.
+AWS_SHUTDOWN = ("shutdown", "-h", "now")
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    cluster: str
+    master_json_url: str
+    idle_timeout_minutes: float
+    hard_deadline: int = 0  # epoch seconds; 0: no max lifetime
+    shutdown_command: tuple[str, ...] = AWS_SHUTDOWN
+    interval_s: int = INTERVAL_S
+    state_file: str = STATE_FILE
+
+
+def config_for(
+    inv: Inventory,
+    idle_timeout_minutes: float,
+    max_lifetime_hours: float = 0,
+    shutdown_command: tuple[str, ...] = AWS_SHUTDOWN,
+) -> GuardConfig:
+    """The guard for a cluster: it watches the master on its private IP (never public)."""
+    if idle_timeout_minutes <= 0:
+        raise UserError(
+            f"idle timeout must be > 0 minutes to install the idle guard, got "
+            f"{idle_timeout_minutes}",
+            "set idle_timeout_minutes in sparkfab.yaml (0 means: no guard is installed)",
+        )
+    master = inv.master
+    hard = 0
+    if max_lifetime_hours > 0 and master.launched_at:
+        launched = datetime.fromisoformat(master.launched_at.replace("Z", "+00:00"))
+        hard = int(launched.timestamp() + max_lifetime_hours * 3600)
+    return GuardConfig(
+        cluster=inv.cluster,
+        master_json_url=f"http://{master.private_ip}:{ports.MASTER_UI}/json/",
+        idle_timeout_minutes=idle_timeout_minutes,
+        hard_deadline=hard,
+        shutdown_command=tuple(shutdown_command),
+    )
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # scripts and unit files, not HTML
+    )
+
+
+def render_script(cfg: GuardConfig) -> str:
+    return _env().get_template("idle-guard.py.j2").render(
+        cluster=cfg.cluster,
+        master_json_url=cfg.master_json_url,
+        idle_timeout_s=round(cfg.idle_timeout_minutes * 60),
+        hard_deadline=cfg.hard_deadline,
+        state_file=cfg.state_file,
+        shutdown_command=list(cfg.shutdown_command),
+        interval_s=cfg.interval_s,
+    )
+
+
+def render_units(cfg: GuardConfig, python: str) -> dict[str, str]:
+    """{path on the node: text} of the systemd service and timer."""
+    env = _env()
+    values = {
+        "cluster": cfg.cluster,
+        "idle_timeout_minutes": cfg.idle_timeout_minutes,
+        "python": python,
+        "script_path": SCRIPT_PATH,
+        "interval_s": cfg.interval_s,
+    }
+    return {
+        f"{UNIT_DIR}/{UNIT}.{kind}": env.get_template(f"idle-guard.{kind}.j2").render(**values)
+        for kind in ("service", "timer")
+    }
+
+
+def loop_argv(python: str) -> list[str]:
+    """The command a supervisor keeps running where there is no systemd."""
+    return [python, SCRIPT_PATH, "--loop"]
+
+
+def systemd_enable_command() -> str:
+    return f"systemctl daemon-reload && systemctl enable --now {UNIT}.timer"
+
+
+def read_state(conn: Any) -> dict[str, Any] | None:
+    """The guard's last state on the master (a Fabric-like connection), or None."""
+    result = conn.run(f"cat {shlex.quote(STATE_FILE)}", hide=True, warn=True)
+    if not result.ok or not result.stdout.strip():
+        return None
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        return None
+
+
+def describe(state: dict[str, Any] | None, now: float | None = None) -> str:
+    """One line for `fab status`: the time left before the guard shuts the cluster down."""
+    if not state:
+        return "idle guard: no report yet (not installed, or its first check is pending)"
+    now = time.time() if now is None else now
+    stale = now - float(state.get("checked_at", 0)) > 3 * int(state.get("idle_timeout_s", 60))
+    left = float(state["deadline"]) - now
+    apps = state.get("active_apps")
+    if state.get("fired_at") and float(state["fired_at"]) >= float(state["deadline"]):
+        return f"idle guard: shutdown requested at {_clock(state['fired_at'])} " \
+               f"({state.get('fired_reason', 'idle')})"
+    if apps is None:
+        now_doing = "master not answering (counts as idle)"
+    elif apps:
+        now_doing = f"{apps} application(s) running"
+    else:
+        now_doing = f"idle since {_clock(state['last_busy_at'])}"
+    line = (
+        f"idle guard: {now_doing}; shutdown in {_minutes(left)} at "
+        f"{_clock(state['deadline'])} ({state.get('deadline_reason', 'idle')})"
+    )
+    if apps:
+        line += f"; the {_minutes(state['idle_timeout_s'])} idle clock restarts when it ends"
+    if stale:
+        line += f"; WARNING: last check {_clock(state.get('checked_at', 0))}, the guard may be down"
+    return line
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M UTC", time.gmtime(float(epoch)))
+
+
+def _minutes(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def install(conn: Any, cfg: GuardConfig, python: str, systemd: bool) -> None:
+    """Put the guard on the master (a Fabric-like connection) and, with systemd, start its
+    timer. Without systemd the caller keeps `loop_argv(python)` running under its supervisor.
+    """
+    sudo = "" if getattr(conn, "user", "root") == "root" else "sudo -n "
+    files = {SCRIPT_PATH: (render_script(cfg), "0755")}
+    if systemd:
+        files.update({path: (text, "0644") for path, text in render_units(cfg, python).items()})
+    for path, (text, mode) in files.items():
+        staging = f"/tmp/sparkfab-{Path(path).name}"
+        conn.put(io.BytesIO(text.encode()), staging)
+        conn.run(
+            f"{sudo}install -D -m {mode} {shlex.quote(staging)} {shlex.quote(path)} && "
+            f"rm -f {shlex.quote(staging)}",
+            hide=True,
+        )
+    conn.run(f"{sudo}mkdir -p {shlex.quote(str(Path(cfg.state_file).parent))}", hide=True)
+    if systemd:
+        conn.run(f"{sudo}sh -c {shlex.quote(systemd_enable_command())}", hide=True)
