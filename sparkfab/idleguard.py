@@ -2,9 +2,10 @@
 no Spark application has run for `idle_timeout_minutes` (or at the max lifetime).
 
 The check itself is templates/idle-guard.py.j2, rendered here with the cluster's facts and
-run on the master by the node's Python: under a systemd timer on real instances, or as
-`--loop` under the install's supervisor where systemd is absent (the local cloud). It
-writes STATE_FILE, which `fab status` reads over SSH (`read_state` + `describe`).
+run on the master by the node's Python, as root (it may shut the machine down): under a
+systemd timer on real instances, or as a loop under `sparkfab-service` (its supervisor)
+where systemd is absent (the local cloud). It writes STATE_FILE, which `fab status` reads
+over SSH (`read_state` + `describe`).
 """
 
 from __future__ import annotations
@@ -23,15 +24,18 @@ import jinja2
 from sparkfab import ports
 from sparkfab.errors import UserError
 from sparkfab.inventory import Inventory
+from sparkfab.layout import LAYOUT
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-SCRIPT_PATH = "/opt/sparkfab/bin/idle-guard.py"
-STATE_FILE = "/var/lib/sparkfab/idle-guard.json"
-UNIT = "sparkfab-idle-guard"  # .service + .timer
-UNIT_DIR = "/etc/systemd/system"
+# The service name: sparkfab-service runs bin_dir/NAME (systemd: NAME.service + NAME.timer).
+UNIT = "sparkfab-idle-guard"
+SCRIPT_PATH = f"{LAYOUT.bin_dir}/{UNIT}"
+STATE_FILE = f"{LAYOUT.state_dir}/idle-guard.json"
 INTERVAL_S = 60
 # On AWS the instances are launched with shutdown behaviour `terminate`.
 AWS_SHUTDOWN = ("shutdown", "-h", "now")
+# Interactive logins (utmp): an operator's `fab ssh` shell keeps the cluster up.
+SESSIONS = ("who",)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class GuardConfig:
     shutdown_command: tuple[str, ...] = AWS_SHUTDOWN
     interval_s: int = INTERVAL_S
     state_file: str = STATE_FILE
+    sessions_command: tuple[str, ...] = SESSIONS
+    python: str = LAYOUT.python  # the node's Python (the job's environment)
 
 
 def config_for(
@@ -83,39 +89,41 @@ def _env() -> jinja2.Environment:
 
 def render_script(cfg: GuardConfig) -> str:
     return _env().get_template("idle-guard.py.j2").render(
+        python=cfg.python,
         cluster=cfg.cluster,
         master_json_url=cfg.master_json_url,
         idle_timeout_s=round(cfg.idle_timeout_minutes * 60),
         hard_deadline=cfg.hard_deadline,
         state_file=cfg.state_file,
         shutdown_command=list(cfg.shutdown_command),
+        sessions_command=list(cfg.sessions_command),
         interval_s=cfg.interval_s,
     )
 
 
-def render_units(cfg: GuardConfig, python: str) -> dict[str, str]:
+def render_units(cfg: GuardConfig) -> dict[str, str]:
     """{path on the node: text} of the systemd service and timer."""
     env = _env()
     values = {
         "cluster": cfg.cluster,
         "idle_timeout_minutes": cfg.idle_timeout_minutes,
-        "python": python,
         "script_path": SCRIPT_PATH,
         "interval_s": cfg.interval_s,
     }
     return {
-        f"{UNIT_DIR}/{UNIT}.{kind}": env.get_template(f"idle-guard.{kind}.j2").render(**values)
+        f"{LAYOUT.systemd_dir}/{UNIT}.{kind}":
+            env.get_template(f"idle-guard.{kind}.j2").render(**values)
         for kind in ("service", "timer")
     }
 
 
-def loop_argv(python: str) -> list[str]:
-    """The command a supervisor keeps running where there is no systemd."""
-    return [python, SCRIPT_PATH, "--loop"]
-
-
-def systemd_enable_command() -> str:
-    return f"systemctl daemon-reload && systemctl enable --now {UNIT}.timer"
+def start_command() -> str:
+    """Start the guard: the timer under systemd, else the loop under sparkfab-supervise."""
+    return (
+        "if [ -d /run/systemd/system ]; then "
+        f"systemctl daemon-reload && systemctl enable --now {UNIT}.timer; "
+        f"else {shlex.quote(LAYOUT.bin_dir)}/sparkfab-service restart {UNIT}; fi"
+    )
 
 
 def read_state(conn: Any) -> dict[str, Any] | None:
@@ -140,17 +148,21 @@ def describe(state: dict[str, Any] | None, now: float | None = None) -> str:
     if state.get("fired_at") and float(state["fired_at"]) >= float(state["deadline"]):
         return f"idle guard: shutdown requested at {_clock(state['fired_at'])} " \
                f"({state.get('fired_reason', 'idle')})"
-    if apps is None:
-        now_doing = "master not answering (counts as idle)"
-    elif apps:
+    sessions = int(state.get("ssh_sessions") or 0)
+    busy = bool(apps) or sessions > 0
+    if apps:
         now_doing = f"{apps} application(s) running"
+    elif sessions:
+        now_doing = f"{sessions} interactive SSH session(s) open"
+    elif apps is None:
+        now_doing = "master not answering (counts as idle)"
     else:
         now_doing = f"idle since {_clock(state['last_busy_at'])}"
     line = (
         f"idle guard: {now_doing}; shutdown in {_minutes(left)} at "
         f"{_clock(state['deadline'])} ({state.get('deadline_reason', 'idle')})"
     )
-    if apps:
+    if busy:
         line += f"; the {_minutes(state['idle_timeout_s'])} idle clock restarts when it ends"
     if stale:
         line += f"; WARNING: last check {_clock(state.get('checked_at', 0))}, the guard may be down"
@@ -170,14 +182,13 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def install(conn: Any, cfg: GuardConfig, python: str, systemd: bool) -> None:
-    """Put the guard on the master (a Fabric-like connection) and, with systemd, start its
-    timer. Without systemd the caller keeps `loop_argv(python)` running under its supervisor.
+def install(conn: Any, cfg: GuardConfig) -> None:
+    """Put the guard on the master (a Fabric-like connection, after the Spark install, which
+    provides sparkfab-service) and start it. Re-running it replaces the rendered files.
     """
     sudo = "" if getattr(conn, "user", "root") == "root" else "sudo -n "
     files = {SCRIPT_PATH: (render_script(cfg), "0755")}
-    if systemd:
-        files.update({path: (text, "0644") for path, text in render_units(cfg, python).items()})
+    files.update({path: (text, "0644") for path, text in render_units(cfg).items()})
     for path, (text, mode) in files.items():
         staging = f"/tmp/sparkfab-{Path(path).name}"
         conn.put(io.BytesIO(text.encode()), staging)
@@ -187,5 +198,4 @@ def install(conn: Any, cfg: GuardConfig, python: str, systemd: bool) -> None:
             hide=True,
         )
     conn.run(f"{sudo}mkdir -p {shlex.quote(str(Path(cfg.state_file).parent))}", hide=True)
-    if systemd:
-        conn.run(f"{sudo}sh -c {shlex.quote(systemd_enable_command())}", hide=True)
+    conn.run(f"{sudo}sh -c {shlex.quote(start_command())}", hide=True)

@@ -66,21 +66,29 @@ def master() -> Iterator[FakeMaster]:
 
 
 class Guard:
+    """The rendered guard; its shutdown appends to a file, its `who` reads a file."""
+
     def __init__(self, tmp: Path, url: str, hard_deadline: int = 0) -> None:
         self.fired = tmp / "shutdown-ran"
+        self.logins = tmp / "who.txt"
+        self.logins.write_text("")
         self.state_file = tmp / "state" / "idle-guard.json"
         cfg = idleguard.GuardConfig(
             cluster="t5", master_json_url=url, idle_timeout_minutes=TIMEOUT_S / 60,
             hard_deadline=hard_deadline, interval_s=1, state_file=str(self.state_file),
             shutdown_command=(sys.executable, "-c",
                               f"open({str(self.fired)!r}, 'a').write('x')"),
+            sessions_command=("cat", str(self.logins)),
+            python=sys.executable,
         )
-        self.script = tmp / "idle-guard.py"
+        self.script = tmp / "sparkfab-idle-guard"
         self.script.write_text(idleguard.render_script(cfg))
+        self.script.chmod(0o755)
 
     def once(self) -> dict:
-        subprocess.run([sys.executable, str(self.script), "--once"], check=True,
-                       capture_output=True, timeout=30)
+        # Run as the node runs it: executable, through its shebang (the node's Python).
+        subprocess.run([str(self.script), "--once"], check=True, capture_output=True,
+                       timeout=30)
         return json.loads(self.state_file.read_text())
 
     def shutdowns(self) -> int:
@@ -133,6 +141,19 @@ def test_a_master_that_does_not_answer_counts_as_idle(tmp_path: Path) -> None:
     assert guard.shutdowns() == 1
 
 
+def test_an_interactive_login_keeps_the_cluster_up(master: FakeMaster, tmp_path: Path) -> None:
+    guard = Guard(tmp_path, master.url)
+    guard.logins.write_text("ubuntu   pts/0        2026-11-22 10:02 (203.0.113.7)\n")
+    guard.once()
+    time.sleep(TIMEOUT_S + 0.2)
+    state = guard.once()
+    assert guard.shutdowns() == 0 and state["ssh_sessions"] == 1
+    guard.logins.write_text("")  # logged out: the clock runs from the last check that saw it
+    time.sleep(TIMEOUT_S + 0.2)
+    guard.once()
+    assert guard.shutdowns() == 1
+
+
 def test_max_lifetime_fires_even_while_busy(master: FakeMaster, tmp_path: Path) -> None:
     master.active = [{"id": "app-1"}]
     guard = Guard(tmp_path, master.url, hard_deadline=int(time.time()) - 1)
@@ -142,7 +163,7 @@ def test_max_lifetime_fires_even_while_busy(master: FakeMaster, tmp_path: Path) 
 
 def test_loop_mode_fires_without_systemd(master: FakeMaster, tmp_path: Path) -> None:
     guard = Guard(tmp_path, master.url)
-    proc = subprocess.Popen([sys.executable, str(guard.script), "--loop"],
+    proc = subprocess.Popen([str(guard.script)],  # no flag: the loop, as supervise runs it
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + TIMEOUT_S + 5
@@ -178,12 +199,13 @@ def test_config_watches_the_private_ip_and_sets_the_max_lifetime() -> None:
 
 def test_systemd_units_run_the_script_every_minute() -> None:
     cfg = idleguard.config_for(inventory(), idle_timeout_minutes=30)
-    units = idleguard.render_units(cfg, "/opt/sparkfab/venv/bin/python")
+    units = idleguard.render_units(cfg)
     service = units["/etc/systemd/system/sparkfab-idle-guard.service"]
     timer = units["/etc/systemd/system/sparkfab-idle-guard.timer"]
-    assert f"ExecStart=/opt/sparkfab/venv/bin/python {idleguard.SCRIPT_PATH} --once" in service
+    assert "ExecStart=/opt/sparkfab/bin/sparkfab-idle-guard --once" in service
     assert "OnUnitActiveSec=60s" in timer and "WantedBy=timers.target" in timer
     script = idleguard.render_script(cfg)
+    assert script.startswith("#!/opt/sparkfab/python/bin/python\n")  # the node's Python
     compile(script, "idle-guard.py", "exec")  # the rendered file is valid Python
 
 
