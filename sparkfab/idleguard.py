@@ -21,7 +21,7 @@ from typing import Any
 
 import jinja2
 
-from sparkfab import ports
+from sparkfab import spark
 from sparkfab.errors import UserError
 from sparkfab.inventory import Inventory
 from sparkfab.layout import LAYOUT
@@ -71,7 +71,7 @@ def config_for(
         hard = int(launched.timestamp() + max_lifetime_hours * 3600)
     return GuardConfig(
         cluster=inv.cluster,
-        master_json_url=f"http://{master.private_ip}:{ports.MASTER_UI}/json/",
+        master_json_url=spark.master_json_url(inv),
         idle_timeout_minutes=idle_timeout_minutes,
         hard_deadline=hard,
         shutdown_command=tuple(shutdown_command),

@@ -35,6 +35,8 @@ DEFAULT_WORKERS = 8
 # only multiply threads for the small images this tool moves.
 _PER_FILE = TransferConfig(use_threads=False)
 _NOT_FOUND = {"NoSuchBucket", "404", "NotFound"}
+_OTHER_REGION = {"PermanentRedirect", "301", "AuthorizationHeaderMalformed",
+                 "IllegalLocationConstraintException"}
 _DENIED = {"AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId",
            "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 
@@ -72,6 +74,11 @@ def s3_error(exc: Exception, bucket: str, action: str) -> UserError:
             return UserError(
                 f"bucket {bucket!r} not found ({code})",
                 "check the name and region; `fab provision` creates the cluster's bucket",
+            )
+        if code in _OTHER_REGION:
+            return UserError(
+                f"bucket {bucket!r} is in another region than the one configured ({code})",
+                "set region (sparkfab.yaml, SPARKFAB_REGION or --region) to the bucket's",
             )
         if code in _DENIED:
             return UserError(
@@ -258,7 +265,7 @@ def _fatal(exc: Exception) -> bool:
         return True
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
-        return code in _NOT_FOUND or code in _DENIED
+        return code in _NOT_FOUND or code in _DENIED or code in _OTHER_REGION
     return False
 
 

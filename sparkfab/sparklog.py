@@ -1,0 +1,158 @@
+"""Turn a spark-submit's driver output into the few lines a user wants while it runs.
+
+stdout (the job's own prints) passes through. Of stderr, Spark's INFO chatter becomes
+progress: the application id, each executor and the host it runs on, each stage with its
+task count, task progress at most every PROGRESS_EVERY_S, stage end; WARN and ERROR lines
+pass (but for a few known harmless ones), and so does anything that is not a log4j line
+(Python tracebacks, the job's messages). Everything is kept in the full log regardless.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+PROGRESS_EVERY_S = 5.0
+TAIL_LINES = 40
+
+# log4j2's default Spark layout: "26/11/23 07:33:05 INFO TaskSetManager: message"
+_LOG = re.compile(
+    r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (TRACE|DEBUG|INFO|WARN|ERROR|FATAL) (\S+?): (.*)$"
+)
+_APP = re.compile(r"Connected to Spark cluster with app ID (\S+)")
+_EXECUTOR = re.compile(
+    r"Granted executor ID \S+?/(\d+) on hostPort ([^:\s]+):\d+ with (\d+) core"
+)
+# "... from ResultStage 3 (MapPartitionsRDD[12] at collect at /tmp/run/featurize_pca.py:212)"
+_STAGE_START = re.compile(r"Submitting (\d+) missing tasks from \w+ (\d+) \(\S+ at (.*?)\)")
+_TASK_DONE = re.compile(
+    r"Finished task [\d.]+ in stage (\d+)\.\d+ \(TID \d+\) in \d+ ms on (\S+) "
+    r"\(executor (\S+)\) \((\d+)/(\d+)\)"
+)
+_STAGE_DONE = re.compile(r"\w+ (\d+) \((.*?)\) finished in (\d+) ms")
+_UI = re.compile(r"Successfully started service 'SparkUI' on port (\d+)")
+_EXECUTOR_LOST = re.compile(r"Lost executor (\S+) on ([^:\s]+)")
+# Harmless on every cluster: shown in the full log only.
+_NOISE = (
+    "NativeCodeLoader",
+    "Your hostname",
+    "Set SPARK_LOCAL_IP",
+    "could not bind on port",
+    "Using Spark's default log4j profile",
+    "WARNING: Using incubator modules",
+)
+
+
+@dataclass
+class DriverLog:
+    """Feed it lines; it returns what to show, and remembers what the summary needs."""
+
+    show: Callable[[str], None]
+    verbose: bool = False
+    clock: Callable[[], float] = time.monotonic
+    app_id: str = ""
+    ui_port: int | None = None
+    executors: dict[str, str] = field(default_factory=dict)  # executor id -> host
+    tasks_by_host: Counter[str] = field(default_factory=Counter)
+    lost_executors: list[str] = field(default_factory=list)
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    _last_progress: dict[str, float] = field(default_factory=dict)
+
+    def stdout(self, line: str) -> None:
+        self.tail.append(line)
+        self.show(line)
+
+    def stderr(self, line: str) -> None:
+        if self.verbose:
+            self.show(line)
+        m = _LOG.match(line)
+        if m is None:
+            if line.strip() and not any(n in line for n in _NOISE):
+                self.tail.append(line)
+                if not self.verbose:
+                    self.show(line)
+            return
+        level, _logger, message = m.groups()
+        shown = self._progress(message)
+        if level in ("WARN", "ERROR", "FATAL"):
+            self.tail.append(f"{level} {message}")
+            if shown is None and not any(n in line for n in _NOISE):
+                shown = f"{level} {message}"
+        if shown is not None and not self.verbose:
+            self.show(f"[spark] {shown}")
+
+    def _progress(self, message: str) -> str | None:
+        if m := _APP.search(message):
+            self.app_id = m.group(1)
+            return f"application {self.app_id} started"
+        if m := _UI.search(message):
+            self.ui_port = int(m.group(1))
+            return None
+        if m := _EXECUTOR.search(message):
+            executor, host, cores = m.groups()
+            self.executors[executor] = host
+            return f"executor {executor} on {host} ({cores} cores)"
+        if m := _STAGE_START.search(message):
+            tasks, stage, call_site = m.groups()
+            call_site = re.sub(r"\S*/", "", call_site)  # the file name is enough
+            return f"stage {stage}: {call_site}, {tasks} tasks"
+        if m := _TASK_DONE.search(message):
+            stage, host, _executor, done, total = m.groups()
+            self.tasks_by_host[host] += 1
+            now = self.clock()
+            if done == total or now - self._last_progress.get(stage, -1e9) >= PROGRESS_EVERY_S:
+                self._last_progress[stage] = now
+                return f"stage {stage}: {done}/{total} tasks done"
+            return None
+        if m := _STAGE_DONE.search(message):
+            stage, _what, ms = m.groups()
+            return f"stage {stage} finished in {int(ms) / 1000:.1f} s"
+        if m := _EXECUTOR_LOST.search(message):
+            self.lost_executors.append(f"{m.group(1)}@{m.group(2)}")
+            return None  # its WARN/ERROR line is shown as it is
+        return None
+
+    def failure_line(self) -> str:
+        """The most telling line for a one-line error: the job's own `error:` line, else a
+        Python exception, else Spark's last ERROR."""
+        lines = list(self.tail)
+        for pick in (
+            lambda s: s.lower().startswith("error:"),
+            lambda s: bool(re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", s)),
+            lambda s: s.startswith(("ERROR ", "FATAL ")),
+        ):
+            found = [s for s in lines if pick(s)]
+            if found:
+                return found[-1]
+        return lines[-1] if lines else "no output"
+
+    def hosts_summary(self) -> str:
+        if not self.tasks_by_host:
+            return "no tasks finished"
+        return ", ".join(f"{h}: {n}" for h, n in sorted(self.tasks_by_host.items()))
+
+
+class LineSplitter:
+    """A write()-able stream that hands complete lines to a callback (\\r ends a line too)."""
+
+    def __init__(self, on_line: Callable[[str], None]) -> None:
+        self.on_line = on_line
+        self._partial = ""
+
+    def write(self, data: str) -> int:
+        text = (self._partial + data).replace("\r\n", "\n").replace("\r", "\n")
+        *lines, self._partial = text.split("\n")
+        for line in lines:
+            self.on_line(line)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._partial:
+            self.on_line(self._partial)
+            self._partial = ""

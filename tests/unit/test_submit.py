@@ -1,0 +1,317 @@
+"""run-job on a cluster, without the cluster: the command lines, the checks made from the
+operator's machine (moto S3), Spark's output turned into progress, and the summary."""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import zipfile
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from sparkfab import s3path, submit
+from sparkfab.errors import UserError
+from sparkfab.inventory import ROLE_MASTER, ROLE_WORKER, Inventory, Node
+from sparkfab.sparklog import DriverLog, LineSplitter
+
+REGION = "eu-west-3"
+BUCKET = "sparkfab-demo-data"
+
+
+def inventory(ssh_user: str = "ubuntu") -> Inventory:
+    return Inventory(
+        cluster="demo", region=REGION, ssh_user=ssh_user, bucket=BUCKET,
+        nodes=[
+            Node(ROLE_MASTER, "i-m", "m6i.large", "10.0.1.10", "3.3.3.3", "master"),
+            Node(ROLE_WORKER, "i-w1", "m6i.xlarge", "10.0.1.11", "3.3.3.4", "worker-1"),
+            Node(ROLE_WORKER, "i-w2", "m6i.xlarge", "10.0.1.12", "3.3.3.5", "worker-2"),
+        ],
+    )
+
+
+def request(*job_args: str) -> submit.JobRequest:
+    return submit.JobRequest(
+        s3path.parse(f"s3a://{BUCKET}/images/fruits"),
+        s3path.parse(f"s3://{BUCKET}/runs/r1/"),
+        submit.check_job_args(list(job_args)),
+    )
+
+
+# ---- the command lines -------------------------------------------------------------------
+
+
+def test_spark_submit_runs_in_client_mode_on_the_private_master_with_the_nodes_python() -> None:
+    argv = submit.submit_argv(inventory(), request("--weights", "imagenet", "--k", "8"),
+                              "/tmp/sparkfab-run-x")
+    assert argv[0] == "/opt/spark/bin/spark-submit"
+    opts = dict(zip(argv[1:-9:2], argv[2:-9:2], strict=True))
+    assert opts["--master"] == "spark://10.0.1.10:7077"  # private IP, never the public one
+    assert opts["--deploy-mode"] == "client"
+    confs = [argv[i + 1] for i, a in enumerate(argv) if a == "--conf"]
+    assert "spark.pyspark.python=/opt/sparkfab/python/bin/python" in confs
+    assert "spark.pyspark.driver.python=/opt/sparkfab/python/bin/python" in confs
+    assert "spark.driver.host=10.0.1.10" in confs
+    entry = argv.index("/tmp/sparkfab-run-x/featurize_pca.py")
+    assert argv[entry + 1:] == [
+        "--input", f"s3a://{BUCKET}/images/fruits/", "--output", f"s3a://{BUCKET}/runs/r1",
+        "--weights", "imagenet", "--k", "8",  # passed through, in order
+    ]
+    assert "3.3.3.3" not in " ".join(argv)
+
+
+@pytest.mark.parametrize(("user", "prefix"), [
+    ("ubuntu", ["sudo", "-n", "-u", "spark", "--"]),
+    ("root", ["runuser", "-u", "spark", "--"]),
+])
+def test_the_driver_runs_as_the_service_user_in_its_own_session(user: str, prefix: list) -> None:
+    inv = inventory(user)
+    cmd = shlex.split(submit.remote_submit_command(inv, request(), "/tmp/sparkfab-run-x"))
+    assert cmd[:len(prefix)] == prefix  # only that user can read the RPC secret
+    assert cmd[len(prefix):len(prefix) + 4] == ["setsid", "-w", "sh", "-c"]
+    inner = cmd[len(prefix) + 4]
+    assert inner.startswith("cd /tmp/sparkfab-run-x && echo $$ > driver.pid && exec ")
+    assert shlex.split(inner.split(" exec ", 1)[1]) == submit.submit_argv(
+        inv, request(), "/tmp/sparkfab-run-x")
+    assert "kill -TERM -- -$(cat /tmp/sparkfab-run-x/driver.pid)" in submit.stop_command(
+        inv, "/tmp/sparkfab-run-x")
+
+
+def test_run_job_sets_input_and_output_itself() -> None:
+    with pytest.raises(UserError, match="--output is set by run-job"):
+        submit.check_job_args(["--k", "3", "--output=s3a://x/y"])
+
+
+def test_the_job_package_holds_the_modules_flat_and_is_reproducible(tmp_path: Path) -> None:
+    (tmp_path / "featurize_pca.py").write_text("import images\n")
+    (tmp_path / "images.py").write_text("X = 1\n")
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "images.cpython-311.pyc").write_bytes(b"\0")
+    first = submit.package_job(tmp_path)
+    assert first == submit.package_job(tmp_path)
+    with zipfile.ZipFile(io.BytesIO(first)) as zf:
+        assert sorted(zf.namelist()) == ["featurize_pca.py", "images.py"]
+    real = zipfile.ZipFile(io.BytesIO(submit.package_job()))
+    assert {"featurize_pca.py", "images.py", "featurize.py", "reduce.py",
+            "outputs.py"} <= set(real.namelist())
+    (tmp_path / "featurize_pca.py").unlink()
+    with pytest.raises(UserError, match="featurize_pca.py not found"):
+        submit.package_job(tmp_path)
+
+
+# ---- checks against S3 before any SSH -------------------------------------------------------
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("s3", region_name=REGION)
+        client.create_bucket(Bucket=BUCKET,
+                             CreateBucketConfiguration={"LocationConstraint": REGION})
+        yield client
+
+
+def test_preflight_refuses_what_the_job_would_fail_on(s3) -> None:
+    inv = inventory()
+    with pytest.raises(UserError, match="is empty or does not exist"):
+        submit.preflight(s3, inv, request())
+    s3.put_object(Bucket=BUCKET, Key="images/fruits/apple/1.jpg", Body=b"x")
+    submit.preflight(s3, inv, request())  # passes now
+    s3.put_object(Bucket=BUCKET, Key="runs/r1/manifest.json", Body=b"{}")
+    with pytest.raises(UserError, match="already holds objects"):
+        submit.preflight(s3, inv, request())
+    other = submit.JobRequest(request().input, s3path.parse("s3://someone-elses/out"))
+    with pytest.raises(UserError, match="outside the cluster's bucket") as err:
+        submit.preflight(s3, inv, other)
+    assert "fab upload-data" in err.value.hint
+    whole = submit.JobRequest(request().input, s3path.parse(f"s3://{BUCKET}"))
+    with pytest.raises(UserError, match="is a whole bucket"):
+        submit.preflight(s3, inv, whole)
+
+
+def test_a_local_weights_file_is_staged_once_in_the_bucket(s3, tmp_path: Path) -> None:
+    weights = tmp_path / "net.weights.h5"
+    weights.write_bytes(b"w" * 1000)
+    out = io.StringIO()
+    args = submit.stage_local_weights(s3, inventory(), ("--weights", str(weights), "--k", "4"),
+                                      out)
+    assert args == ("--weights", f"s3a://{BUCKET}/sparkfab/weights/net.weights.h5", "--k", "4")
+    body = s3.get_object(Bucket=BUCKET, Key="sparkfab/weights/net.weights.h5")["Body"].read()
+    assert body == weights.read_bytes()
+    out2 = io.StringIO()
+    again = submit.stage_local_weights(s3, inventory(), (f"--weights={weights}",), out2)
+    assert again == (f"--weights=s3a://{BUCKET}/sparkfab/weights/net.weights.h5",)
+    assert out2.getvalue() == ""  # same size already there: not uploaded again
+    for kept in (("--weights", "imagenet"), ("--weights", "random"),
+                 ("--weights", f"s3a://{BUCKET}/w.h5")):
+        assert submit.stage_local_weights(s3, inventory(), kept, out) == kept
+    with pytest.raises(UserError, match="no such file here"):
+        submit.stage_local_weights(s3, inventory(), ("--weights", "nope.h5"), out)
+
+
+# ---- the result -----------------------------------------------------------------------------
+
+MANIFEST = {  # the shape job/featurize_pca.py writes
+    "run_id": "r1", "status": "complete",
+    "counts": {"input": 10, "ok": 8, "failed": 2, "skipped": 1, "files_seen": 11},
+    "pca": {"k": 3, "variance_target": 0.9, "explained_variance": [0.6, 0.2, 0.12],
+            "cumulative_explained_variance": [0.6, 0.8, 0.92]},
+    "files": ["features.parquet", "pca_matrix.csv", "errors.csv", "manifest.json",
+              "pca_scatter.png", "explained_variance.png"],
+}
+
+
+def test_the_manifest_is_read_only_from_a_committed_run(s3) -> None:
+    out = s3path.parse(f"s3://{BUCKET}/runs/r1")
+    s3.put_object(Bucket=BUCKET, Key="runs/r1/manifest.json", Body=json.dumps(MANIFEST))
+    assert submit.read_manifest(s3, out) is None  # no _SUCCESS: not complete
+    s3.put_object(Bucket=BUCKET, Key="runs/r1/_SUCCESS", Body=b"")
+    assert submit.read_manifest(s3, out) == MANIFEST
+
+
+def test_summary_gives_counts_k_variance_and_where() -> None:
+    text = submit.summarize(MANIFEST, s3path.parse(f"s3://{BUCKET}/runs/r1"))
+    assert "10 input = 8 featurized + 2 failed; 1 non-image files skipped" in text
+    assert "k = 3, explained variance 0.920 (target 0.9)" in text
+    assert f"s3://{BUCKET}/runs/r1/ (features.parquet, pca_matrix.csv" in text
+    assert submit.check_manifest(MANIFEST) is None
+    bad = dict(MANIFEST, counts={"input": 10, "ok": 8, "failed": 1})
+    assert "input 10 != ok 8 + failed 1" in submit.check_manifest(bad)
+
+
+# ---- Spark's output -------------------------------------------------------------------------
+
+# What a standalone driver prints (Spark 4.0.1's default log4j layout), with a worker lost.
+DRIVER_STDERR = (Path(__file__).parent / "data" / "spark-driver-stderr.txt").read_text()
+
+
+def test_spark_chatter_becomes_progress_lines() -> None:
+    shown: list[str] = []
+    clock = iter(range(0, 1000, 1))  # one second per line: progress throttled to every 5 s
+    log = DriverLog(show=shown.append, clock=lambda: float(next(clock)))
+    splitter = LineSplitter(log.stderr)
+    for chunk in (DRIVER_STDERR[:500], DRIVER_STDERR[500:1501], DRIVER_STDERR[1501:]):
+        splitter.write(chunk)  # SSH delivers arbitrary chunks, not lines
+    splitter.close()
+    assert shown == [
+        "[spark] application app-20261123073250-0003 started",
+        "[spark] executor 0 on 10.0.1.11 (2 cores)",
+        "[spark] executor 1 on 10.0.1.12 (2 cores)",
+        "[featurize_pca] featurize ...",
+        "[spark] stage 0: collect at featurize_pca.py:3, 4 tasks",
+        "[spark] stage 0: 1/4 tasks done",
+        "[spark] ERROR Lost executor 1 on 10.0.1.12: worker lost",
+        "[spark] WARN Lost task 3.0 in stage 0.0 (TID 3) (10.0.1.12 executor 1): "
+        "ExecutorLostFailure (executor 1 exited caused by one of the running tasks) "
+        "Reason: worker lost",
+        "[spark] stage 0: 4/4 tasks done",
+        "[spark] stage 0 finished in 6.6 s",
+    ]
+    assert log.ui_port == 4040
+    assert log.tasks_by_host == {"10.0.1.11": 3, "10.0.1.12": 1}
+    assert log.lost_executors == ["1@10.0.1.12"]
+
+
+def test_the_failure_line_is_the_jobs_own_error() -> None:
+    log = DriverLog(show=lambda _line: None)
+    for line in DRIVER_STDERR.splitlines():
+        log.stderr(line)
+    log.stderr("error: no .jpg/.jpeg/.png files under s3a://b/empty/")
+    log.stderr("26/11/23 07:33:10 INFO ShutdownHookManager: Shutdown hook called")
+    assert log.failure_line() == "error: no .jpg/.jpeg/.png files under s3a://b/empty/"
+    crash = DriverLog(show=lambda _line: None)
+    for line in ("Traceback (most recent call last):", '  File "x.py", line 1',
+                 "py4j.protocol.Py4JJavaError: An error occurred while calling o42.parquet"):
+        crash.stderr(line)
+    assert crash.failure_line().startswith("py4j.protocol.Py4JJavaError")
+
+
+# ---- the orchestration, with a scripted master ----------------------------------------------
+
+
+class FakeResult:
+    def __init__(self, exited: int, stdout: str = "", stderr: str = "") -> None:
+        self.exited, self.stdout, self.stderr = exited, stdout, stderr
+        self.ok = exited == 0
+
+
+class FakeMaster:
+    """Stands in for the Fabric connection: records commands, replays a driver's output,
+    and on success commits a run to moto S3 the way the job does."""
+
+    def __init__(self, s3, exit_code: int, stderr: str, commit: bool) -> None:
+        self.s3, self.exit_code, self.stderr, self.commit = s3, exit_code, stderr, commit
+        self.commands: list[str] = []
+        self.uploads: dict[str, bytes] = {}
+
+    def put(self, local, remote: str) -> None:
+        self.uploads[remote] = local.read()
+
+    def run(self, command: str, **kw) -> FakeResult:
+        self.commands.append(command)
+        if "spark-submit" in command and "out_stream" in kw:
+            kw["out_stream"].write('{"output": "s3a://x", "counts": {}}\n')
+            kw["err_stream"].write(self.stderr)
+            if self.commit:
+                self.s3.put_object(Bucket=BUCKET, Key="runs/r1/manifest.json",
+                                   Body=json.dumps(MANIFEST))
+                self.s3.put_object(Bucket=BUCKET, Key="runs/r1/_SUCCESS", Body=b"")
+            return FakeResult(self.exit_code)
+        return FakeResult(0)
+
+
+class FakeRemote:
+    def __init__(self, conn: FakeMaster) -> None:
+        self.conn = conn
+
+    def connection(self, node: Node) -> FakeMaster:
+        assert node.role == ROLE_MASTER
+        return self.conn
+
+
+def test_a_successful_run_ships_the_job_streams_and_returns_the_manifest(
+    s3, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=BUCKET, Key="images/fruits/apple/1.jpg", Body=b"x")
+    master = FakeMaster(s3, 0, DRIVER_STDERR, commit=True)
+    out = io.StringIO()
+    result = submit.run_on_cluster(inventory(), FakeRemote(master), s3, request(),
+                                   tmp_path / "logs", out=out)
+    assert result.manifest == MANIFEST
+    (staged, payload), = master.uploads.items()
+    assert "featurize_pca.py" in zipfile.ZipFile(io.BytesIO(payload)).namelist()
+    assert staged in master.commands[0]  # prepared: moved into the run folder and unpacked
+    assert "spark-submit" in master.commands[1]
+    assert master.commands[-1].startswith("sudo -n rm -rf /tmp/sparkfab-run-")
+    shown = out.getvalue()
+    assert "[spark] executor 1 on 10.0.1.12 (2 cores)" in shown
+    assert "tasks finished per host: 10.0.1.11: 3, 10.0.1.12: 1" in shown
+    assert "26/11/23 07:32:43 INFO SparkContext" in result.log_path.read_text()  # all kept
+
+
+def test_a_failed_job_is_one_clear_error_and_nonzero(s3, tmp_path: Path) -> None:
+    s3.put_object(Bucket=BUCKET, Key="images/fruits/readme.txt", Body=b"x")
+    master = FakeMaster(s3, 2, "error: no .jpg/.jpeg/.png files under "
+                               f"s3a://{BUCKET}/images/fruits/ (1 other files skipped)\n",
+                        commit=False)
+    with pytest.raises(UserError) as err:
+        submit.run_on_cluster(inventory(), FakeRemote(master), s3, request(), tmp_path,
+                              out=io.StringIO())
+    assert err.value.message == (
+        "the job failed on the cluster (exit 2): error: no .jpg/.jpeg/.png files under "
+        f"s3a://{BUCKET}/images/fruits/ (1 other files skipped)")
+    assert "driver's full log" in err.value.hint
+    assert master.commands[-1].startswith("sudo -n rm -rf /tmp/sparkfab-run-")
+
+
+def test_exit_zero_without_a_committed_run_is_still_a_failure(s3, tmp_path: Path) -> None:
+    s3.put_object(Bucket=BUCKET, Key="images/fruits/apple/1.jpg", Body=b"x")
+    master = FakeMaster(s3, 0, "", commit=False)
+    with pytest.raises(UserError, match="has no committed run"):
+        submit.run_on_cluster(inventory(), FakeRemote(master), s3, request(), tmp_path,
+                              out=io.StringIO())
