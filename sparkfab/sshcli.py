@@ -9,6 +9,7 @@ unknown or changed key is refused, never accepted on first use.
 from __future__ import annotations
 
 from pathlib import Path
+
 from sparkfab import inventory
 from sparkfab.errors import UserError
 from sparkfab.inventory import Inventory, Node
