@@ -73,8 +73,8 @@ def ssh_options(inv: Inventory) -> list[str]:
 def shell_argv(inv: Inventory, node: Node, command: list[str] | None = None) -> list[str]:
     """`ssh` into node: an interactive shell, or one command."""
     argv = ["ssh", *ssh_options(inv)]
-    if command:
-        argv += [inv.address(node), "--", *command]
+    if command:  # no terminal to answer prompts: fail instead of asking
+        argv += ["-o", "BatchMode=yes", inv.address(node), "--", *command]
     else:
         argv += ["-t", inv.address(node)]
     return argv
