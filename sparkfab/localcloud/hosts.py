@@ -34,6 +34,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from sparkfab.errors import UserError
 from sparkfab.localcloud import netns
@@ -45,6 +46,10 @@ EMPTY_MOUNTS = ("/opt", "/home", "/root", "/tmp")
 # Per-node copy-on-write views of the machine's own: package state, config, runtime files.
 OVERLAY_MOUNTS = ("/etc", "/var", "/run")
 BOOT_TIMEOUT_S = 15.0
+LOCAL_REGION = "eu-west-3"  # what moto is asked for; EU like every sparkfab region
+# moto accepts any credentials: these dummies mean a real key is never sent to it. Nodes get
+# them through the environment only, never in a file.
+MOTO_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 _HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
 
@@ -322,6 +327,15 @@ class LocalCloud:
         _wait_for_port(self.bridge_ip, port, self._moto, self.workdir / "moto.log")
         _wait_for_http(self.moto_endpoint + "/moto-api/")
         return self.moto_endpoint
+
+    def s3_client(self, region: str = LOCAL_REGION) -> Any:
+        """A boto3 S3 client for this cloud's moto_server (dummy credentials)."""
+        import boto3
+
+        if self.moto_endpoint is None:
+            raise RuntimeError("call start_moto() first")
+        return boto3.client("s3", endpoint_url=self.moto_endpoint, region_name=region,
+                            **MOTO_CREDENTIALS)
 
     @property
     def moto_pid(self) -> int | None:

@@ -6,10 +6,9 @@ import secrets
 from collections.abc import Sequence
 
 from sparkfab.inventory import ROLE_MASTER, ROLE_WORKER, Inventory, Node
-from sparkfab.localcloud.hosts import Host, LocalCloud
+from sparkfab.localcloud.hosts import LOCAL_REGION, Host, LocalCloud
 
 LOCAL_INSTANCE_TYPE = "local"  # sized from the machine's own cores/memory, not a table
-LOCAL_REGION = "eu-west-3"  # what moto is asked for; EU like every sparkfab region
 
 
 def inventory_for(

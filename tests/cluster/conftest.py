@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from sparkfab import artifacts
+from sparkfab.artifacts import Download, Mirror, StageReport
 from sparkfab.localcloud import (
     Keypair,
     LocalCloud,
@@ -21,7 +25,8 @@ from sparkfab.localcloud import (
     make_keypair,
     missing_requirements,
 )
-from sparkfab.localcloud.hosts import Host
+from sparkfab.localcloud.hosts import LOCAL_REGION, Host
+from sparkfab.localcloud.mirror import build_mirror
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -144,3 +149,30 @@ def ssh(ssh_keypair: Keypair) -> Callable[..., subprocess.CompletedProcess[str]]
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Mirror:
+    """The local artifact mirror in .cache/mirror: built on first use (minutes: pip, mvn,
+    Spark assembled from pyspark), reused while pyspark and the pins stay the same."""
+    return build_mirror(CLOUD_ROOT.parent / "mirror")
+
+
+@dataclass(frozen=True)
+class Staged:
+    bucket: str
+    downloads: dict[str, Download]  # presigned URLs by artifact name: what the install uses
+    report: StageReport  # the first stage into this module's moto
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def staged_artifacts(local_cloud: LocalCloud, mirror: Mirror) -> Staged:
+    """The mirror staged into a bucket on the module's moto_server, with presigned URLs."""
+    s3 = local_cloud.s3_client()
+    bucket = f"{local_cloud.prefix}-artifacts"
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": LOCAL_REGION})
+    t0 = time.monotonic()
+    report = artifacts.stage(s3, bucket, mirror)
+    seconds = time.monotonic() - t0
+    return Staged(bucket, artifacts.presigned_downloads(s3, bucket, mirror), report, seconds)

@@ -1,0 +1,79 @@
+"""`fab stage`: put every artifact a node downloads into the cluster's bucket, once.
+
+The files come from a mirror directory (one with a manifest.json, e.g. the local cloud's
+.cache/mirror) or, by default, from their origins (Apache, Maven Central, the Miniforge
+release, PyPI for the wheelhouse) into .cache/artifacts, each verified on the way in.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sparkfab import artifacts, wheelhouse
+from sparkfab import inventory as inv_mod
+from sparkfab.artifacts import Mirror, StageReport
+from sparkfab.errors import UserError
+
+ORIGINS_CACHE = Path(".cache/artifacts")
+Say = Callable[[str], None]
+
+
+def from_origins(
+    out: Path = ORIGINS_CACHE,
+    python_env: str = "venv",
+    python_version: str | None = None,
+    say: Say = print,
+) -> Mirror:
+    """A mirror of the origins (downloads kept in `out` and reused while they verify)."""
+    python_version = python_version or "{}.{}".format(*sys.version_info[:2])
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        mirror = Mirror.load(out)
+    except UserError:
+        mirror = Mirror(out)
+    for source in artifacts.origin_sources(python_env):
+        path = artifacts.fetch_origin(source, out, say)
+        mirror.add(source.name, path, source.url)
+        mirror.save()
+    tar = out / wheelhouse.tarball_name(python_version)
+    wanted = wheelhouse.requirements()
+    if not tar.exists() or mirror.facts.get("requirements") != wanted \
+            or mirror.facts.get("python") != python_version:
+        say(f"building the wheelhouse for Python {python_version} (pip)")
+        tar = wheelhouse.build(out, python_version)
+    mirror.add(artifacts.WHEELHOUSE, tar, "PyPI via pip download")
+    mirror.facts.update(spark=artifacts.spark_version(), hadoop=artifacts.hadoop_version(),
+                        python=python_version, requirements=wanted,
+                        platform=wheelhouse.DEFAULT_PLATFORM)
+    mirror.save()
+    return mirror
+
+
+def bucket_for(settings: Any, directory: Path | None = None) -> str:
+    """The cluster's bucket: the inventory's (provision made or chose it), else the setting."""
+    known = inv_mod.load(settings.cluster, directory)
+    bucket = (known.bucket if known else "") or settings.bucket
+    if not bucket:
+        raise UserError(
+            f"cluster {settings.cluster} has no bucket yet",
+            hint="run `fab provision` first, or set bucket in sparkfab.yaml",
+        )
+    return str(bucket)
+
+
+def stage_cluster(
+    s3: Any, bucket: str, mirror: Mirror, say: Say = print
+) -> StageReport:
+    """Verify the mirror, then copy what the bucket lacks; prints one line per artifact."""
+    t0 = time.monotonic()
+    say(f"verifying {len(mirror.files)} artifacts in {mirror.root}")
+    mirror.verify()
+    say(f"staging into s3://{bucket}/{artifacts.STAGE_PREFIX}")
+    report = artifacts.stage(s3, bucket, mirror, progress=say)
+    say(f"staged: {len(report.uploaded)} uploaded, {len(report.skipped)} already there "
+        f"({time.monotonic() - t0:.1f}s)")
+    return report
