@@ -34,6 +34,9 @@ STATE_FILE = f"{LAYOUT.state_dir}/idle-guard.json"
 INTERVAL_S = 60
 # On AWS the instances are launched with shutdown behaviour `terminate`.
 AWS_SHUTDOWN = ("shutdown", "-h", "now")
+# In the local cloud the "instances" share this machine's kernel: a real shutdown would
+# power off the host. There the guard stops the master daemon instead, which a test sees.
+LOCAL_CLOUD_SHUTDOWN = (f"{LAYOUT.bin_dir}/sparkfab-service", "stop", "spark-master")
 # Interactive logins (utmp): an operator's `fab ssh` shell keeps the cluster up.
 SESSIONS = ("who",)
 
@@ -51,11 +54,15 @@ class GuardConfig:
     python: str = LAYOUT.python  # the node's Python (the job's environment)
 
 
+def shutdown_command_for(inv: Inventory) -> tuple[str, ...]:
+    return LOCAL_CLOUD_SHUTDOWN if inv.extra.get("local_cloud") else AWS_SHUTDOWN
+
+
 def config_for(
     inv: Inventory,
     idle_timeout_minutes: float,
     max_lifetime_hours: float = 0,
-    shutdown_command: tuple[str, ...] = AWS_SHUTDOWN,
+    shutdown_command: tuple[str, ...] | None = None,
 ) -> GuardConfig:
     """The guard for a cluster: it watches the master on its private IP (never public)."""
     if idle_timeout_minutes <= 0:
@@ -74,7 +81,7 @@ def config_for(
         master_json_url=spark.master_json_url(inv),
         idle_timeout_minutes=idle_timeout_minutes,
         hard_deadline=hard,
-        shutdown_command=tuple(shutdown_command),
+        shutdown_command=tuple(shutdown_command or shutdown_command_for(inv)),
     )
 
 
@@ -199,3 +206,18 @@ def install(conn: Any, cfg: GuardConfig) -> None:
         )
     conn.run(f"{sudo}mkdir -p {shlex.quote(str(Path(cfg.state_file).parent))}", hide=True)
     conn.run(f"{sudo}sh -c {shlex.quote(start_command())}", hide=True)
+
+
+def install_for(remote: Any, inv: Inventory, settings: Any,
+                out: Any = print) -> GuardConfig | None:
+    """The install's hook, run once Spark is up: the guard per the settings' idle timeout
+    and max lifetime (None when idle_timeout_minutes is 0: no guard)."""
+    minutes = getattr(settings, "idle_timeout_minutes", 0) or 0
+    if minutes <= 0:
+        out("idle guard: off (idle_timeout_minutes is 0)")
+        return None
+    cfg = config_for(inv, minutes, getattr(settings, "max_lifetime_hours", 0) or 0)
+    install(remote.connection(inv.master), cfg)
+    out(f"idle guard: on {inv.master.name}, shuts the cluster down after {minutes} idle "
+        "minutes" + (f" or at {_clock(cfg.hard_deadline)}" if cfg.hard_deadline else ""))
+    return cfg
