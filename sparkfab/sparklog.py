@@ -35,6 +35,14 @@ _TASK_DONE = re.compile(
 _STAGE_DONE = re.compile(r"\w+ (\d+) \((.*?)\) finished in (\d+) ms")
 _UI = re.compile(r"Successfully started service 'SparkUI' on port (\d+)")
 _EXECUTOR_LOST = re.compile(r"Lost executor (\S+) on ([^:\s]+)")
+# S3A failures buried in a Java stack trace, turned into one line a user can act on.
+_S3A_FAILURES = (
+    (re.compile(r"AccessDeniedException: (s3a://[^\s:]+)"),
+     "S3 denied access to {0} (the nodes' role may only use the cluster's bucket)"),
+    (re.compile(r"UnknownStoreException: .*?(s3a://[^\s:]+|[Bb]ucket \S+)"),
+     "S3 bucket not found: {0}"),
+    (re.compile(r"NoSuchBucket.*?(s3a://[^\s:]+)"), "S3 bucket not found: {0}"),
+)
 # Harmless on every cluster: shown in the full log only.
 _NOISE = (
     "NativeCodeLoader",
@@ -116,9 +124,16 @@ class DriverLog:
         return None
 
     def failure_line(self) -> str:
-        """The most telling line for a one-line error: the job's own `error:` line, else a
-        Python exception, else Spark's last ERROR."""
+        """The most telling line for a one-line error: the job's own `error:` line, else an
+        S3 failure named in a stack trace, else a Python exception, else Spark's last ERROR."""
         lines = list(self.tail)
+        own = [s for s in lines if s.lower().startswith("error:")]
+        if own:
+            return own[-1]
+        for line in reversed(lines):
+            for pattern, text in _S3A_FAILURES:
+                if m := pattern.search(line):
+                    return text.format(m.group(1))
         for pick in (
             lambda s: s.lower().startswith("error:"),
             lambda s: bool(re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", s)),

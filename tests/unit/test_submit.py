@@ -229,6 +229,16 @@ def test_the_failure_line_is_the_jobs_own_error() -> None:
                  "py4j.protocol.Py4JJavaError: An error occurred while calling o42.parquet"):
         crash.stderr(line)
     assert crash.failure_line().startswith("py4j.protocol.Py4JJavaError")
+    denied = DriverLog(show=lambda _line: None)
+    for line in ("py4j.protocol.Py4JJavaError: An error occurred while calling o91.parquet.",
+                 ": java.nio.file.AccessDeniedException: s3a://other-bucket/runs/r1/_tmp-x: "
+                 "getFileStatus on s3a://other-bucket/runs/r1/_tmp-x: software.amazon.awssdk."
+                 "services.s3.model.S3Exception: Forbidden (Service: S3, Status Code: 403)",
+                 "\tat org.apache.hadoop.fs.s3a.S3AUtils.translateException(S3AUtils.java:260)"):
+        denied.stderr(line)
+    assert denied.failure_line() == (
+        "S3 denied access to s3a://other-bucket/runs/r1/_tmp-x (the nodes' role may only use "
+        "the cluster's bucket)")
 
 
 # ---- the orchestration, with a scripted master ----------------------------------------------
