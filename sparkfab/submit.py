@@ -11,6 +11,7 @@ so a failed run leaves nothing that looks complete; this module only reads the r
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import secrets
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
+from paramiko.ssh_exception import SSHException
 
 from sparkfab import ports, s3path, spark
 from sparkfab.errors import UserError
@@ -139,7 +141,9 @@ def remote_submit_command(
     """The spark-submit, in its own session so that one `kill -- -PGID` stops the driver
     and its Python; the pid is kept in the run folder for `stop_command`."""
     argv = " ".join(shlex.quote(a) for a in submit_argv(inv, req, run, layout))
-    inner = f"cd {shlex.quote(run)} && echo $$ > driver.pid && exec {argv}"
+    # The service user's own home (runuser keeps root's): Keras and matplotlib cache there.
+    home = f'HOME="$(getent passwd {shlex.quote(layout.service_user)} | cut -d: -f6)"'
+    inner = f"cd {shlex.quote(run)} && export {home} && echo $$ > driver.pid && exec {argv}"
     return f"{as_service_user(inv.ssh_user, layout)}setsid -w sh -c {shlex.quote(inner)}"
 
 
@@ -359,10 +363,17 @@ def run_on_cluster(
             show("interrupted: stopping the driver on the master")
             conn.run(stop_command(inv, run), hide=True, warn=True, in_stream=False)
             raise
+        except (OSError, EOFError, SSHException) as exc:
+            raise UserError(
+                f"lost the SSH connection to {master.name} during the run: {exc}",
+                f"the job may still be running there: `fab ui` shows it; partial driver "
+                f"log in {log_path}",
+            ) from None
         finally:
             stdout.close()
             stderr.close()
-            conn.run(cleanup_command(inv, run), hide=True, warn=True, in_stream=False)
+            with contextlib.suppress(OSError, EOFError, SSHException):
+                conn.run(cleanup_command(inv, run), hide=True, warn=True, in_stream=False)
 
     seconds = time.monotonic() - start
     if driver.executors:

@@ -73,7 +73,8 @@ def test_the_driver_runs_as_the_service_user_in_its_own_session(user: str, prefi
     assert cmd[:len(prefix)] == prefix  # only that user can read the RPC secret
     assert cmd[len(prefix):len(prefix) + 4] == ["setsid", "-w", "sh", "-c"]
     inner = cmd[len(prefix) + 4]
-    assert inner.startswith("cd /tmp/sparkfab-run-x && echo $$ > driver.pid && exec ")
+    assert inner.startswith("cd /tmp/sparkfab-run-x && export HOME=\"$(getent passwd spark "
+                            "| cut -d: -f6)\" && echo $$ > driver.pid && exec ")
     assert shlex.split(inner.split(" exec ", 1)[1]) == submit.submit_argv(
         inv, request(), "/tmp/sparkfab-run-x")
     assert "kill -TERM -- -$(cat /tmp/sparkfab-run-x/driver.pid)" in submit.stop_command(
@@ -325,3 +326,18 @@ def test_exit_zero_without_a_committed_run_is_still_a_failure(s3, tmp_path: Path
     with pytest.raises(UserError, match="has no committed run"):
         submit.run_on_cluster(inventory(), FakeRemote(master), s3, request(), tmp_path,
                               out=io.StringIO())
+
+
+def test_a_dropped_ssh_connection_says_the_job_may_still_run(s3, tmp_path: Path) -> None:
+    s3.put_object(Bucket=BUCKET, Key="images/fruits/apple/1.jpg", Body=b"x")
+
+    class Dropping(FakeMaster):
+        def run(self, command: str, **kw) -> FakeResult:
+            if "spark-submit" in command and "out_stream" in kw:
+                raise EOFError("connection closed by 3.3.3.3")
+            return super().run(command, **kw)
+
+    with pytest.raises(UserError, match="lost the SSH connection to master") as err:
+        submit.run_on_cluster(inventory(), FakeRemote(Dropping(s3, 0, "", False)), s3,
+                              request(), tmp_path, out=io.StringIO())
+    assert "may still be running" in err.value.hint
