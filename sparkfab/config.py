@@ -83,10 +83,11 @@ class Settings:
     bucket_versioning: bool = field(default=False, metadata=_doc(
         "turn on versioning when sparkfab creates the bucket"))
     idle_timeout_minutes: int = field(default=60, metadata=_doc(
-        "nodes shut down (and terminate) after this long with no Spark application and "
-        "no SSH session; 0 turns it off"))
+        "the cluster shuts down (instances terminate) after this long with no Spark "
+        "application running; 0 installs no idle guard"))
     max_lifetime_hours: int = field(default=8, metadata=_doc(
-        "nodes shut down (and terminate) this long after boot, whatever they are doing"))
+        "every node shuts down (and terminates) this long after boot, busy or not; "
+        "workers also stop soon after their master is gone"))
     tags: dict[str, str] = field(default_factory=dict, metadata=_doc(
         "extra tags for every resource (env: k=v,k2=v2)"))
     aws_profile: str | None = field(default=None, metadata=_doc(
