@@ -1,6 +1,8 @@
 """Shared pieces of the AWS unit tests: moto in-process, fast waits, no network at all.
 
-Test modules import the fixtures they use: `from aws_fixtures import aws_env, cloud, ...`.
+Test modules load them with `pytest_plugins = ["aws_fixtures"]` and reach the constants
+through the `cloud` fixture (importing this module first would defeat pytest's assertion
+rewriting here).
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ class Cloud:
     ssm: Any
     ami: str
     home: Path
+    region: str = REGION
+    cluster: str = CLUSTER
+    operator_cidr: str = OPERATOR_CIDR
+
+    @staticmethod
+    def lines() -> Lines:
+        return Lines()
 
     def settings(self, **flags: Any) -> Settings:
         base: dict[str, Any] = {

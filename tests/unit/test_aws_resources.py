@@ -8,9 +8,9 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from aws_fixtures import OPERATOR_CIDR, REGION, Cloud, Lines
 
 from sparkfab.aws import instances, storage
 from sparkfab.aws.iam import bucket_policy
@@ -18,11 +18,14 @@ from sparkfab.config import Settings
 from sparkfab.inventory import ROLE_MASTER, ROLE_WORKER
 from sparkfab.provision import provision, teardown, teardown_plan
 
+if TYPE_CHECKING:
+    from aws_fixtures import Cloud
+
 pytest_plugins = ["aws_fixtures"]
 
 
 def test_security_group_admits_ssh_from_the_operator_and_members_only(cloud: Cloud) -> None:
-    inv = provision(cloud.settings(), Lines(), install=False).inventory
+    inv = provision(cloud.settings(), cloud.lines(), install=False).inventory
     group = cloud.ec2.describe_security_groups(GroupIds=[inv.security_group_id])
     perms = group["SecurityGroups"][0]["IpPermissions"]
     sources = sorted(
@@ -32,7 +35,7 @@ def test_security_group_admits_ssh_from_the_operator_and_members_only(cloud: Clo
         + [r["CidrIpv6"] for r in p.get("Ipv6Ranges", [])]
         + [r["GroupId"] for r in p.get("UserIdGroupPairs", [])]
     )
-    assert sources == sorted([("tcp", 22, 22, OPERATOR_CIDR),
+    assert sources == sorted([("tcp", 22, 22, cloud.operator_cidr),
                               ("-1", None, None, inv.security_group_id)])
     # Not one world-open ingress anywhere in the account's groups of this cluster:
     for g in cloud.tagged_groups():
@@ -42,7 +45,7 @@ def test_security_group_admits_ssh_from_the_operator_and_members_only(cloud: Clo
 
 
 def test_iam_policy_names_only_the_cluster_bucket(cloud: Cloud) -> None:
-    inv = provision(cloud.settings(bucket="my-data-eu"), Lines(), install=False).inventory
+    inv = provision(cloud.settings(bucket="my-data-eu"), cloud.lines(), install=False).inventory
     doc = cloud.iam.get_role_policy(RoleName=inv.role_name,
                                     PolicyName=inv.policy_name)["PolicyDocument"]
     resources = [r for s in doc["Statement"] for r in
@@ -65,9 +68,9 @@ def test_policy_template_escapes_the_bucket_name() -> None:
 
 def test_bucket_is_private_encrypted_in_the_region_and_optionally_versioned(
         cloud: Cloud) -> None:
-    inv = provision(cloud.settings(bucket_versioning=True), Lines(), install=False).inventory
+    inv = provision(cloud.settings(bucket_versioning=True), cloud.lines(), install=False).inventory
     s3 = cloud.s3
-    assert storage.bucket_region(s3, inv.bucket) == REGION
+    assert storage.bucket_region(s3, inv.bucket) == cloud.region
     block = s3.get_public_access_block(Bucket=inv.bucket)["PublicAccessBlockConfiguration"]
     assert block == storage.PUBLIC_ACCESS_BLOCK and all(block.values())
     rules = s3.get_bucket_encryption(Bucket=inv.bucket)[
@@ -79,27 +82,27 @@ def test_bucket_is_private_encrypted_in_the_region_and_optionally_versioned(
 
 def test_a_users_existing_bucket_is_reused_and_never_deleted(cloud: Cloud) -> None:
     cloud.s3.create_bucket(Bucket="users-own-data",
-                           CreateBucketConfiguration={"LocationConstraint": REGION})
+                           CreateBucketConfiguration={"LocationConstraint": cloud.region})
     cloud.s3.put_object(Bucket="users-own-data", Key="images/cat.jpg", Body=b"x")
-    say = Lines()
+    say = cloud.lines()
     inv = provision(cloud.settings(bucket="users-own-data"), say, install=False).inventory
     assert not inv.bucket_created and "reused" in say.text
 
     aws, plan = teardown_plan(cloud.settings(bucket="users-own-data"), delete_bucket=True)
     assert plan.bucket is None and plan.kept_bucket == "users-own-data"
-    teardown(aws, plan, Lines())
+    teardown(aws, plan, cloud.lines())
     assert "users-own-data" in cloud.buckets()
     assert cloud.s3.get_object(Bucket="users-own-data", Key="images/cat.jpg")["Body"].read()
 
 
 def test_delete_bucket_removes_a_bucket_sparkfab_made_with_its_objects(cloud: Cloud) -> None:
-    inv = provision(cloud.settings(bucket_versioning=True), Lines(), install=False).inventory
+    inv = provision(cloud.settings(bucket_versioning=True), cloud.lines(), install=False).inventory
     for n in range(3):
         cloud.s3.put_object(Bucket=inv.bucket, Key=f"out/part-{n}", Body=b"v1")
         cloud.s3.put_object(Bucket=inv.bucket, Key=f"out/part-{n}", Body=b"v2")
     aws, plan = teardown_plan(cloud.settings(), delete_bucket=True)
     assert plan.bucket == inv.bucket
-    teardown(aws, plan, Lines())
+    teardown(aws, plan, cloud.lines())
     assert inv.bucket not in cloud.buckets()
 
 
@@ -111,12 +114,12 @@ def test_a_bucket_in_another_region_is_refused(cloud: Cloud) -> None:
     from sparkfab.errors import UserError
 
     with pytest.raises(UserError, match="eu-north-1"):
-        provision(cloud.settings(bucket="far-away-data"), Lines(), install=False)
+        provision(cloud.settings(bucket="far-away-data"), cloud.lines(), install=False)
 
 
 def test_every_instance_is_hardened(cloud: Cloud) -> None:
     settings = cloud.settings(root_volume_gb=42)
-    inv = provision(settings, Lines(), install=False).inventory
+    inv = provision(settings, cloud.lines(), install=False).inventory
     volumes = {v["VolumeId"]: v for v in cloud.ec2.describe_volumes()["Volumes"]}
     for inst in cloud.live_instances():
         iid = inst["InstanceId"]
@@ -139,7 +142,7 @@ def test_every_instance_is_hardened(cloud: Cloud) -> None:
 
 
 def test_workers_watch_their_master_and_the_master_watches_nobody() -> None:
-    settings = Settings(cluster="demo", region=REGION)
+    settings = Settings(cluster="demo", region="eu-west-3")
     master = instances.user_data(settings, ROLE_MASTER, "10.0.0.4")
     worker = instances.user_data(settings, ROLE_WORKER, "10.0.0.4")
     assert "/dev/tcp/10.0.0.4/22" in worker
@@ -149,7 +152,7 @@ def test_workers_watch_their_master_and_the_master_watches_nobody() -> None:
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 @pytest.mark.parametrize("role", [ROLE_MASTER, ROLE_WORKER])
 def test_user_data_passes_shellcheck(role: str, tmp_path: Path) -> None:
-    script = instances.user_data(Settings(cluster="demo", region=REGION), role, "10.0.0.4")
+    script = instances.user_data(Settings(cluster="demo", region="eu-west-3"), role, "10.0.0.4")
     # The outer script, and the guard it installs (a quoted heredoc shellcheck cannot see).
     inner = re.search(r"<<'SCRIPT'\n(.*?)\nSCRIPT\n", script, re.S)
     assert inner is not None
