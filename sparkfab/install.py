@@ -193,15 +193,15 @@ def render_configure(node: Node, files: list[ConfigFile], layout: Layout = LAYOU
 
 
 def plan_from(settings: Any, downloads: Mapping[str, Download],
-              facts: Mapping[str, str] | None = None,
-              requirements: tuple[str, ...] = ()) -> InstallPlan:
+              facts: Mapping[str, Any] | None = None) -> InstallPlan:
+    """The plan for these downloads; `facts` are the mirror's (spark_version, python_version:
+    what the wheelhouse was built for)."""
     facts = facts or {}
     return InstallPlan(
-        spark_version=facts.get("spark") or artifacts.spark_version(),
-        python_version=facts.get("python") or "{}.{}".format(*sys.version_info[:2]),
+        spark_version=str(facts.get("spark_version") or artifacts.spark_version()),
+        python_version=str(facts.get("python_version") or "{}.{}".format(*sys.version_info[:2])),
         python_env=getattr(settings, "python_env", "venv"),
         downloads=downloads,
-        requirements=requirements,
     )
 
 

@@ -30,6 +30,6 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def render(name: str, **context: Any) -> str:
-    """templates/<name>.j2 rendered with `context`."""
-    return environment().get_template(f"{name}.j2").render(**context)
+def render(template: str, **context: Any) -> str:
+    """templates/<template>.j2 rendered with `context`."""
+    return environment().get_template(f"{template}.j2").render(**context)
