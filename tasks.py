@@ -130,3 +130,41 @@ def teardown(c, cluster=None, region=None, yes=False, delete_bucket=False, confi
 # ---- on the cluster: upload-data / ui / logs / ssh -------------------------------------
 
 # ---- local cloud: local-cloud-up / local-cloud-down ------------------------------------
+
+_LOCAL_CLOUD_HELP = {
+    "prefix": "name of the local cloud: its namespaces, bridge and .cache/localcloud/<prefix> "
+    "(default sf)",
+    "subnet": "the cloud's network, a /24 (default 10.77.0.0/24); its first address is the "
+    "bridge and moto_server",
+}
+
+
+@task(help={
+    **_LOCAL_CLOUD_HELP,
+    "mirror": "artifact mirror to stage into the bucket (default .cache/mirror, built on "
+    "first use from PyPI and Maven Central: minutes)",
+}, auto_shortflags=False)
+def local_cloud_up(c, prefix=None, subnet=None, mirror=None):
+    """Start a local stand-in for AWS (moto + sshd hosts in namespaces); needs root."""
+    from sparkfab.localcloud import target
+
+    with _user_errors():
+        path = target.up(prefix or target.DEFAULT_PREFIX, subnet or target.DEFAULT_SUBNET,
+                         mirror_dir=mirror)
+        print(f"local cloud ready; its settings: {path}")
+        print("point sparkfab at it (no AWS account or keys needed), then provision:")
+        print(f"  export {target.CONFIG_EXPORT.format(path=path)}")
+        print("  fab provision --workers 2")
+
+
+@task(help={"prefix": _LOCAL_CLOUD_HELP["prefix"]}, auto_shortflags=False)
+def local_cloud_down(c, prefix=None):
+    """Stop the local cloud: every host, moto_server and all it held; `fab teardown` first."""
+    from sparkfab.localcloud import target
+
+    with _user_errors():
+        name = prefix or target.DEFAULT_PREFIX
+        if target.down(name):
+            print(f"local cloud {name}: stopped and removed")
+        else:
+            print(f"local cloud {name}: not running")

@@ -103,6 +103,10 @@ class Settings:
     artifact_source: str = field(default="bucket", metadata=_doc(
         "where nodes download Spark/jars/wheels: 'bucket' (staged into the cluster "
         "bucket) or a mirror base URL"))
+    local_cloud: str | None = field(default=None, metadata=_doc(
+        "set only by `fab local-cloud-up`: the local cloud's directory; sparkfab then "
+        "signs its calls to moto with dummy credentials, takes the nodes' host keys from "
+        "the cloud's records and never powers a node off"))
 
     @property
     def public_key_file(self) -> Path:
@@ -370,6 +374,9 @@ def validate(s: Settings) -> list[tuple[str, str, str]]:
     if s.artifact_source != "bucket" and not _URL.match(s.artifact_source):
         bad("artifact_source", f"artifact_source {s.artifact_source!r} is neither 'bucket' "
             "nor an http(s) URL", "'bucket' stages artifacts into the cluster bucket")
+    if s.local_cloud is not None and s.endpoint_url is None:
+        bad("local_cloud", "local_cloud is set but endpoint_url is not",
+            "use the settings file `fab local-cloud-up` writes, unchanged")
     return out
 
 

@@ -134,9 +134,19 @@ def _boto_session(profile: str | None, region: str) -> boto3.Session:
     return boto3.Session(profile_name=profile, region_name=region)
 
 
+@cache
+def _local_cloud_session(region: str) -> boto3.Session:
+    # The local cloud's moto accepts any key: sign with its dummies, so a real key from the
+    # user's chain is never sent there.
+    from sparkfab.localcloud.hosts import MOTO_CREDENTIALS
+
+    return boto3.Session(region_name=region, **MOTO_CREDENTIALS)
+
+
 def forget_sessions() -> None:
     """Drop cached sessions, so the next one reads the credential chain afresh."""
     _boto_session.cache_clear()
+    _local_cloud_session.cache_clear()
 
 
 class AwsSession:
@@ -146,7 +156,8 @@ class AwsSession:
         self.settings = settings
         self.region = require_eu(settings.region)
         with aws_errors(self.region, "opening the AWS session"):
-            self._session = _boto_session(settings.aws_profile, self.region)
+            self._session = (_local_cloud_session(self.region) if settings.local_cloud
+                             else _boto_session(settings.aws_profile, self.region))
         self._clients: dict[str, Any] = {}
 
     def client(self, service: str) -> Any:
