@@ -154,6 +154,8 @@ def provision(settings: Settings, say: Say, *, install: bool = True,
                       else secrets.token_urlsafe(32)),
         created_at=(previous.created_at if previous and previous.created_at
                     else _iso(datetime.now(timezone.utc))),
+        # Read by the idle guard: a local-cloud node shares this machine's kernel.
+        extra={"local_cloud": settings.local_cloud} if settings.local_cloud else {},
     )
     path = inv_mod.save(inv, directory)
     if settings.ssh_address == "public" and any(not n.public_ip for n in nodes):
@@ -173,7 +175,7 @@ def provision(settings: Settings, say: Say, *, install: bool = True,
 def run_install(inv: Inventory, settings: Settings, say: Say) -> None:
     """The SSH install (sparkfab.install), when that part of sparkfab is present."""
     try:
-        from sparkfab.install import install_cluster  # type: ignore[import-not-found]
+        from sparkfab.bringup import bring_up  # imports sparkfab.install
     except ModuleNotFoundError as exc:
         if exc.name != "sparkfab.install":
             raise
@@ -183,7 +185,7 @@ def run_install(inv: Inventory, settings: Settings, say: Say) -> None:
             hint="run `fab provision --no-install` to stop after AWS, or update sparkfab",
         ) from None
     say("installing Java, Spark and Python on the nodes over SSH")
-    install_cluster(inv, settings)
+    bring_up(inv, settings, say)
 
 
 def for_existing_cluster(settings: Settings, say: Say,

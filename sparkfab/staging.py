@@ -7,6 +7,8 @@ release, PyPI for the wheelhouse) into .cache/artifacts, each verified on the wa
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -74,6 +76,34 @@ def stage_cluster(
     mirror.verify()
     say(f"staging into s3://{bucket}/{artifacts.STAGE_PREFIX}")
     report = artifacts.stage(s3, bucket, mirror, progress=say)
+    save_staged_manifest(s3, bucket, mirror)
     say(f"staged: {len(report.uploaded)} uploaded, {len(report.skipped)} already there "
         f"({time.monotonic() - t0:.1f}s)")
     return report
+
+
+# The staged copy's own manifest: the bucket then says what it holds (names, sha512, the
+# versions the wheelhouse was built for), so an install needs only the bucket.
+STAGED_MANIFEST_KEY = artifacts.STAGE_PREFIX + artifacts.MANIFEST
+
+
+def save_staged_manifest(s3: Any, bucket: str, mirror: Mirror) -> None:
+    doc = {"facts": mirror.facts, "files": [dataclasses.asdict(f) for f in mirror.files]}
+    s3.put_object(Bucket=bucket, Key=STAGED_MANIFEST_KEY, ContentType="application/json",
+                  Body=json.dumps(doc, indent=2, sort_keys=True).encode())
+
+
+def staged_mirror(s3: Any, bucket: str) -> Mirror | None:
+    """What was staged into the bucket (files and facts), or None when nothing was."""
+    from botocore.exceptions import ClientError
+
+    try:
+        body = s3.get_object(Bucket=bucket, Key=STAGED_MANIFEST_KEY)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    doc = json.loads(body)
+    files = [artifacts.MirrorFile(**f) for f in doc.get("files", [])]
+    return Mirror(Path(f"s3://{bucket}/{artifacts.STAGE_PREFIX}"), files,
+                  dict(doc.get("facts", {})))
