@@ -68,6 +68,7 @@ class DriverLog:
     lost_executors: list[str] = field(default_factory=list)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     _last_progress: dict[str, float] = field(default_factory=dict)
+    _in_hidden_record: bool = False  # continuation lines of a record not shown stay hidden
 
     def stdout(self, line: str) -> None:
         self.tail.append(line)
@@ -78,10 +79,16 @@ class DriverLog:
             self.show(line)
         m = _LOG.match(line)
         if m is None:
-            if line.strip() and not any(n in line for n in _NOISE):
-                self.tail.append(line)
-                if not self.verbose:
-                    self.show(line)
+            if not line.strip() or any(n in line for n in _NOISE):
+                return
+            self.tail.append(line)
+            # A log record can span lines (query plans, Java stack traces): they follow it
+            # indented. Anything else (the job's messages, Python tracebacks) is shown.
+            if self._in_hidden_record and line.startswith((" ", "\t", "+-", ":")):
+                return
+            self._in_hidden_record = False
+            if not self.verbose:
+                self.show(line)
             return
         level, _logger, message = m.groups()
         shown = self._progress(message)
@@ -89,6 +96,7 @@ class DriverLog:
             self.tail.append(f"{level} {message}")
             if shown is None and not any(n in line for n in _NOISE):
                 shown = f"{level} {message}"
+        self._in_hidden_record = True  # a record's stack trace or plan is never echoed
         if shown is not None and not self.verbose:
             self.show(f"[spark] {shown}")
 

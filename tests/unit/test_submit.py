@@ -212,6 +212,10 @@ def test_spark_chatter_becomes_progress_lines() -> None:
         "Reason: worker lost",
         "[spark] stage 0: 4/4 tasks done",
         "[spark] stage 0 finished in 6.6 s",
+        "[spark] stage 7: collect at featurize_pca.py:270, 5 tasks",
+        # the multi-line record's plan is not echoed; a Python traceback after it is
+        "Traceback (most recent call last):",
+        '  File "/tmp/sparkfab-run-x/featurize_pca.py", line 270, in run',
     ]
     assert log.ui_port == 4040
     assert log.tasks_by_host == {"10.0.1.11": 3, "10.0.1.12": 1}
