@@ -8,6 +8,7 @@ a bad input fails before anything is created.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from collections.abc import Callable
@@ -45,7 +46,9 @@ class Reporter:
         print(message, file=self.stream, flush=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        with self.path.open("a") as fh:
+        # 0600 like the inventory next to it: it names the cluster's resources.
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as fh:
             fh.write(f"{stamp} {message}\n")
 
 
@@ -177,7 +180,7 @@ def run_install(inv: Inventory, settings: Settings, say: Say) -> None:
     try:
         from sparkfab.bringup import bring_up  # imports sparkfab.install
     except ModuleNotFoundError as exc:
-        if exc.name != "sparkfab.install":
+        if exc.name not in ("sparkfab.install", "sparkfab.bringup"):
             raise
         raise UserError(
             "instances are running and the inventory is written, but the install step "

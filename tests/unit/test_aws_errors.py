@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from aws_fixtures import Cloud
 
 pytest_plugins = ["aws_fixtures"]
+# A wrong turn into real SSH or waiting must fail fast, never hang the suite.
+pytestmark = pytest.mark.timeout(120)
 
 
 def _client_error(code: str, message: str = "m") -> ClientError:
@@ -133,7 +135,8 @@ def test_a_private_key_given_as_public_is_refused(cloud: Cloud) -> None:
 
 def test_without_the_install_module_provision_says_so(
         cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "sparkfab.install", None)  # import fails as if absent
+    for name in ("sparkfab.install", "sparkfab.bringup"):  # imports fail as if absent
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(UserError) as err:
         provision(cloud.settings(), cloud.lines(), install=True)
     assert "sparkfab.install" in err.value.message and "--no-install" in err.value.hint
@@ -143,9 +146,9 @@ def test_without_the_install_module_provision_says_so(
 def test_install_is_called_with_the_inventory_and_settings(
         cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
-    fake = types.ModuleType("sparkfab.install")
-    fake.install_cluster = lambda inv, settings: seen.append((inv, settings))  # type: ignore
-    monkeypatch.setitem(sys.modules, "sparkfab.install", fake)
+    fake = types.ModuleType("sparkfab.bringup")
+    fake.bring_up = lambda inv, settings, say: seen.append((inv, settings))  # type: ignore
+    monkeypatch.setitem(sys.modules, "sparkfab.bringup", fake)
     settings = cloud.settings()
     result = provision(settings, cloud.lines(), install=True)
     assert seen == [(result.inventory, settings)]

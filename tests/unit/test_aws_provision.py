@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from aws_fixtures import Cloud, Lines
 
 pytest_plugins = ["aws_fixtures"]
+pytestmark = pytest.mark.timeout(120)  # moto in-process: a hang is a bug
 
 
 def _teardown(cloud: Cloud, **flags: object) -> Lines:

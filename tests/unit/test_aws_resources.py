@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from aws_fixtures import Cloud
 
 pytest_plugins = ["aws_fixtures"]
+pytestmark = pytest.mark.timeout(120)  # moto in-process: a hang is a bug
 
 
 def test_security_group_admits_ssh_from_the_operator_and_members_only(cloud: Cloud) -> None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from aws_fixtures import Cloud
 
 pytest_plugins = ["aws_fixtures"]
+pytestmark = pytest.mark.timeout(120)  # moto in-process: a hang is a bug
 
 REPO = Path(__file__).resolve().parents[2]
 AWS_TASKS = ("provision", "status", "teardown")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import re
+import stat
 import string
 import subprocess
 from pathlib import Path
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from aws_fixtures import Cloud
 
 pytest_plugins = ["aws_fixtures"]
+pytestmark = pytest.mark.timeout(120)  # moto in-process: a hang is a bug
 
 REPO = Path(__file__).resolve().parents[2]
 KEY_ID = re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
@@ -95,6 +97,7 @@ def test_nothing_the_tasks_write_or_print_holds_an_aws_secret(
     assert any(p.name == f"{cloud.cluster}.json" for p in written), "the inventory was scanned"
     assert any(p.suffix == ".log" for p in written), "the log was scanned"
     log = next(p for p in written if p.suffix == ".log")
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
     assert "teardown" in log.read_text() or "deleted" in log.read_text()
     # The Spark RPC secret is expected in the inventory (0600); it is not an AWS secret.
     allowed = (inv.spark_secret,)
