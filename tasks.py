@@ -6,13 +6,18 @@ user can fix are raised as `sparkfab.errors.UserError` and printed as one line +
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from fabric import task
 from invoke.exceptions import Exit
 
+from sparkfab import cluster as cluster_handles
+from sparkfab import nodelogs, ports, s3path, sshcli, transfer, tunnel
 from sparkfab.aws.session import AwsSession, aws_errors
 from sparkfab.aws.status import cluster_status, format_status
 from sparkfab.config import Settings, load_settings
@@ -21,6 +26,7 @@ from sparkfab.inventory import remove as remove_inventory
 from sparkfab.provision import Reporter, for_existing_cluster, teardown_plan
 from sparkfab.provision import provision as provision_cluster
 from sparkfab.provision import teardown as teardown_cluster
+from sparkfab.remote import parallel
 
 # ---- job: run-job (local mode) ---------------------------------------------------------
 
@@ -128,6 +134,90 @@ def teardown(c, cluster=None, region=None, yes=False, delete_bucket=False, confi
 # ---- cluster install: stage ------------------------------------------------------------
 
 # ---- on the cluster: upload-data / ui / logs / ssh -------------------------------------
+
+_CLUSTER_HELP = {
+    "cluster": "cluster name (default: from sparkfab.yaml, else 'sparkfab')",
+    "config": "settings file to read instead of ./sparkfab.yaml",
+}
+
+
+@task(help={
+    "src": "local folder of images; its tree becomes the keys (hidden files are skipped)",
+    "dest": "s3://BUCKET/PREFIX (s3a:// accepted), e.g. the cluster bucket's images/",
+    "workers": f"parallel uploads (default {transfer.DEFAULT_WORKERS})",
+    "region": "the bucket's region when it is not the cluster's (EU only)",
+    **_CLUSTER_HELP,
+}, auto_shortflags=False)
+def upload_data(c, src, dest, workers=transfer.DEFAULT_WORKERS, cluster=None, region=None,
+                config=None):
+    """Upload a local image folder to S3: parallel, resumable, skips same-size objects."""
+    with _user_errors():
+        target = s3path.parse(dest, "DEST")
+        settings = _aws_settings(config, cluster=cluster, region=region)
+        inv = cluster_handles.load(settings)
+        same_bucket = inv is not None and inv.bucket == target.bucket and region is None
+        s3 = cluster_handles.s3_client(settings, inv if same_bucket else None)
+        try:
+            result = transfer.upload_folder(s3, Path(src).expanduser(), target,
+                                            workers=int(workers))
+        except KeyboardInterrupt:
+            raise Exit("upload interrupted; run the same command again to resume",
+                       code=130) from None
+        print(transfer.summary(result, target))
+        if result.failed:
+            raise UserError(f"{len(result.failed)} files were not uploaded",
+                            "run the same command again: it retries only those")
+
+
+@task(help={
+    "master_port": f"local port for the master UI (default {ports.MASTER_UI}; another "
+    "free one if taken)",
+    "app_port": f"local port for the running application's UI (default {ports.APP_UI})",
+    "workers": "also forward each worker's UI (the master UI links to them); --no-workers "
+    "to skip",
+    **_CLUSTER_HELP,
+}, auto_shortflags=False)
+def ui(c, master_port=ports.MASTER_UI, app_port=ports.APP_UI, workers=True, cluster=None,
+       config=None):
+    """Open an SSH tunnel to the Spark UIs on 127.0.0.1 (never a public port); Ctrl-C ends it."""
+    with _user_errors():
+        inv = cluster_handles.require(_aws_settings(config, cluster=cluster))
+        forwards = tunnel.plan(inv, int(master_port), int(app_port), workers=workers)
+        print(f"Spark UIs of cluster {inv.cluster}, on this machine only:")
+        tunnel.run(inv, forwards)
+
+
+@task(help={
+    "dest": "local folder (default: logs/<cluster>/<UTC time>); one subfolder per node",
+    "node": "only this node: 0 = master, 1.. = workers, or a name, id or IP",
+    **_CLUSTER_HELP,
+}, auto_shortflags=False)
+def logs(c, dest=None, node=None, cluster=None, config=None):
+    """Fetch master, worker, executor and idle-guard logs from every node, per node."""
+    with _user_errors():
+        inv = cluster_handles.require(_aws_settings(config, cluster=cluster))
+        nodes = [sshcli.find_node(inv, node)] if node is not None else inv.nodes
+        folder = Path(dest) if dest else nodelogs.default_dest(inv)
+        with cluster_handles.remote(inv, out=None) as remote:
+            counts = parallel(nodes, lambda n: nodelogs.fetch_node(remote, inv, n, folder))
+        for name, count in counts.items():
+            print(f"{name}: {count} log files -> {folder / name}")
+
+
+@task(help={
+    "node": "0 = master (default), 1.. = workers, or a node's name, id or IP",
+    "command": "run this command instead of an interactive shell",
+    **_CLUSTER_HELP,
+}, auto_shortflags=False)
+def ssh(c, node=None, command=None, cluster=None, config=None):
+    """Open a shell on a node (system ssh, the cluster's own known_hosts and your key)."""
+    with _user_errors():
+        inv = cluster_handles.require(_aws_settings(config, cluster=cluster))
+        target = sshcli.find_node(inv, node)
+        argv = sshcli.shell_argv(inv, target, shlex.split(command) if command else None)
+        code = subprocess.call(argv)
+        if code != 0:
+            raise Exit(code=code)
 
 # ---- local cloud: local-cloud-up / local-cloud-down ------------------------------------
 
