@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from sparkfab import inventory
 from sparkfab.errors import UserError
 from sparkfab.localcloud import netns, watcher
 from sparkfab.localcloud.hosts import MOTO_CREDENTIALS, sweep
@@ -325,12 +326,33 @@ def down(prefix: str = DEFAULT_PREFIX, *, root: Path = ROOT, say: Say = print) -
     workdir = workdir_for(prefix, root)
     if not workdir.is_dir():
         return False
+    info = read_info(workdir)
     stopped = stop_watcher(workdir, say)
+    if info is not None:
+        forget_clusters(info.endpoint_url, say)
     (workdir / SETTINGS_FILE).unlink(missing_ok=True)
     left = [ns for ns in netns.list_namespaces() if ns.startswith(f"{prefix}-")]
     if left or netns.link_exists(netns.Names(prefix).bridge):
         _sweep(workdir)
     return stopped
+
+
+def forget_clusters(endpoint_url: str, say: Say, directory: Path | None = None) -> list[str]:
+    """Remove the inventories of clusters that lived in a local cloud now gone (its moto
+    held everything they were made of); the clusters' names."""
+    folder = directory or inventory.INVENTORY_DIR
+    gone = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            inv = inventory.load(path.stem, folder)
+        except (ValueError, TypeError):
+            continue  # not an inventory of ours
+        if inv is not None and inv.endpoint_url == endpoint_url:
+            inventory.remove(inv.cluster, folder)
+            gone.append(inv.cluster)
+            say(f"cluster {inv.cluster} was in this local cloud (no `fab teardown`): "
+                f"its inventory is removed too")
+    return gone
 
 
 # ---- used by provision: the nodes' host keys -------------------------------------------

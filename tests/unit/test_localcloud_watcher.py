@@ -45,3 +45,19 @@ def test_running_instances_of_the_subnet_with_an_imported_key_get_a_host(
 
     ec2.terminate_instances(InstanceIds=[hosted])
     assert watcher.wanted_instances(ec2, ipaddress.IPv4Network(SUBNET), said.append) == {}
+
+
+def test_local_cloud_down_forgets_only_the_clusters_that_lived_in_it(tmp_path: Path) -> None:
+    from sparkfab import inventory
+    from sparkfab.inventory import Inventory
+    from sparkfab.localcloud import target
+
+    here, elsewhere = "http://10.77.0.1:5000", "http://10.77.1.1:5000"
+    inventory.save(Inventory("left", "eu-west-3", "root", endpoint_url=here), tmp_path)
+    inventory.known_hosts_path("left", tmp_path).write_text("10.77.0.4 ssh-ed25519 AAAA\n")
+    inventory.save(Inventory("other", "eu-west-3", "root", endpoint_url=elsewhere), tmp_path)
+    inventory.save(Inventory("aws", "eu-west-1", "ubuntu"), tmp_path)
+    said: list[str] = []
+    assert target.forget_clusters(here, said.append, tmp_path) == ["left"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aws.json", "other.json"]
+    assert "no `fab teardown`" in said[0]
