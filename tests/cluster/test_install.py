@@ -1,0 +1,235 @@
+"""Issue 4's "done when", on a 3-host local cloud: install from staged artifacts in moto S3,
+workers ALIVE with their configured resources, an s3a:// job with executors on both workers,
+a submit without the secret rejected, an idempotent fast re-install, and 2 workers
+installing in under 1.5x the time of 1. Prints the times it compares."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from sparkfab import inventory, spark
+from sparkfab.install import InstallPlan, InstallReport, install_cluster, plan_from
+from sparkfab.inventory import Inventory
+from sparkfab.layout import LAYOUT
+from sparkfab.localcloud import Keypair, LocalCloud, inventory_for
+from sparkfab.localcloud.hosts import LOCAL_REGION
+from sparkfab.remote import Remote
+from sparkfab.sizing import WorkerResources
+
+pytestmark = pytest.mark.slow
+
+CLUSTER = "c2t"
+BUCKET = "c2t-data"
+WORKER = WorkerResources(cores=1, memory_mb=1024)  # lean on shared CI cores
+JOB = """\
+import sys
+from pyspark.sql import SparkSession, functions as F
+
+spark = SparkSession.builder.appName(sys.argv[3]).getOrCreate()
+lines = spark.read.text(sys.argv[1]).repartition(8)
+words = lines.select(F.explode(F.split("value", " ")).alias("word"))
+counts = words.groupBy("word").count().orderBy("word")
+counts.coalesce(1).write.mode("overwrite").json(sys.argv[2])
+spark.stop()
+"""
+
+
+@dataclass
+class Times:
+    first: float = 0.0
+    again: float = 0.0
+    one_worker: float = 0.0
+    two_workers: float = 0.0
+    reports: dict[str, InstallReport] = field(default_factory=dict)
+
+
+@dataclass
+class Cluster:
+    cloud: LocalCloud
+    inv: Inventory
+    inv_dir: Path
+    settings: Any
+    plan: InstallPlan
+    s3: Any
+    times: Times = field(default_factory=Times)
+
+    def remote(self, inv: Inventory | None = None) -> Remote:
+        return Remote(inv or self.inv, known_hosts=inventory.known_hosts_path(CLUSTER,
+                      self.inv_dir), out=None)
+
+    def install(self, inv: Inventory | None = None) -> InstallReport:
+        inv = inv or self.inv
+        inventory.known_hosts_path(CLUSTER, self.inv_dir).write_text(self.cloud.known_hosts())
+        return install_cluster(inv, self.settings, plan=self.plan,
+                               inventory_dir=self.inv_dir, s3=self.s3)
+
+
+@pytest.fixture(scope="module")
+def cluster(local_cloud: LocalCloud, ssh_keypair: Keypair, staged_artifacts: Any,
+            mirror: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    s3 = local_cloud.s3_client()
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": LOCAL_REGION})
+    hosts = [local_cloud.hosts[n] for n in ("master", "worker-1", "worker-2")]
+    inv = inventory_for(local_cloud, hosts, CLUSTER, bucket=BUCKET,
+                        private_key_path=str(ssh_keypair.private_key))
+    inv_dir = tmp_path_factory.mktemp("inventory")
+    inventory.save(inv, inv_dir)
+    settings = SimpleNamespace(python_env="venv", worker_cores=WORKER.cores,
+                               worker_memory_mb=WORKER.memory_mb,
+                               public_key_path=f"{ssh_keypair.private_key}.pub")
+    plan = plan_from(settings, staged_artifacts.downloads, facts=mirror.facts)
+    c = Cluster(local_cloud, inv, inv_dir, settings, plan, s3)
+    t0 = time.monotonic()
+    c.times.reports["first"] = c.install()
+    c.times.first = time.monotonic() - t0
+    print(f"\nfirst install, master + 2 workers: {c.times.first:.1f}s")
+    yield c
+
+
+def test_every_worker_is_alive_with_its_configured_resources(cluster: Cluster) -> None:
+    with cluster.remote() as remote:
+        doc = spark.master_json(remote, cluster.inv)
+    assert doc is not None and doc["status"] == "ALIVE"
+    alive = {w["host"]: w for w in doc["workers"] if w["state"] == "ALIVE"}
+    assert set(alive) == {n.private_ip for n in cluster.inv.workers}
+    for w in alive.values():
+        assert (w["cores"], w["memory"]) == (WORKER.cores, WORKER.memory_mb)
+    status = spark.cluster_status(cluster.inv, inventory_dir=cluster.inv_dir)
+    assert status.error is None and status.alive_workers == 2
+    assert "2 of 2 workers ALIVE" in status.lines()[0]
+
+
+def test_a_job_reads_and_writes_s3a_with_executors_on_both_workers(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    s3, inv = cluster.s3, cluster.inv
+    text = {"a.txt": "spark on s3a\nspark again\n", "b.txt": "s3a works\n" * 50}
+    for name, body in text.items():
+        s3.put_object(Bucket=BUCKET, Key=f"input/{name}", Body=body.encode())
+    app = tmp_path / "wordcount.py"
+    app.write_text(JOB)
+    with cluster.remote() as remote:
+        spark.upload(remote, inv.master, app, f"{LAYOUT.sparkfab_home}/jobs/wordcount.py")
+        res = spark.submit(
+            remote, inv, f"{LAYOUT.sparkfab_home}/jobs/wordcount.py",
+            [f"s3a://{BUCKET}/input/", f"s3a://{BUCKET}/output/wordcount", "c2t-wordcount"],
+            # Executors small enough that each 1 GB worker takes one; plain event log.
+            conf={"spark.executor.memory": "512m", "spark.eventLog.compress": "false"},
+            timeout=420,
+        )
+    assert res.ok, "\n".join(res.tail)
+
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="output/wordcount/")
+            .get("Contents", [])]
+    assert "output/wordcount/_SUCCESS" in keys
+    rows = []
+    for key in keys:
+        if key.endswith(".json"):
+            body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+            rows += [json.loads(line) for line in body.splitlines() if line]
+    counts = {r["word"]: r["count"] for r in rows}
+    assert counts == {"spark": 2, "on": 1, "s3a": 51, "again": 1, "works": 50}
+
+    # Spark's own record of the run: the event log it wrote to the bucket.
+    logs = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="spark-events/")
+            .get("Contents", []) if o["Key"] != "spark-events/"]
+    events = []
+    for key in logs:
+        body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+        run = [json.loads(line) for line in body.splitlines() if line]
+        if any(e.get("App Name") == "c2t-wordcount" for e in run):
+            events = run
+    assert events, f"no event log for the job among {logs}"
+    executor_hosts = {e["Executor Info"]["Host"] for e in events
+                      if e["Event"] == "SparkListenerExecutorAdded"}
+    task_hosts = {e["Task Info"]["Host"] for e in events
+                  if e["Event"] == "SparkListenerTaskEnd"}
+    workers = {n.private_ip for n in inv.workers}
+    assert executor_hosts == workers
+    assert task_hosts == workers
+
+
+def test_a_submit_without_the_secret_is_rejected(cluster: Cluster, tmp_path: Path) -> None:
+    inv = cluster.inv
+    app = tmp_path / "nosecret.py"
+    app.write_text("from pyspark.sql import SparkSession\nSparkSession.builder.getOrCreate()\n")
+    dest = f"{LAYOUT.sparkfab_home}/jobs/nosecret.py"
+    empty = tmp_path / "empty.conf"
+    empty.write_text("")
+    props = f"{LAYOUT.sparkfab_home}/jobs/empty.conf"
+    name = "c2t-no-secret"
+    with cluster.remote() as remote:
+        spark.upload(remote, inv.master, app, dest)
+        spark.upload(remote, inv.master, empty, props)
+        # An empty properties file instead of spark-defaults.conf: no secret, no auth. The
+        # client retries registering for a minute; 40 s show the refusal.
+        cmd = (f"timeout 40 {LAYOUT.spark_submit} --properties-file {props} "
+               f"--master {spark.master_url(inv)} --name {name} "
+               f"--conf spark.pyspark.python={LAYOUT.python} {dest} 2>&1")
+        res = remote.run(inv.master, cmd, step="no-secret", echo=False, timeout=90)
+        doc = spark.master_json(remote, inv)
+    assert not res.ok
+    assert "Failed to connect to master" in res.stdout, res.stdout[-3000:]
+    assert doc is not None
+    apps = [a["name"] for a in doc.get("activeapps", []) + doc.get("completedapps", [])]
+    assert name not in apps
+
+
+def test_reinstall_changes_nothing_and_takes_under_a_fifth_of_the_first(
+    cluster: Cluster
+) -> None:
+    with cluster.remote() as remote:
+        before = {n.name: spark.daemon_pid(remote, n) for n in cluster.inv.nodes}
+    t0 = time.monotonic()
+    report = cluster.install()
+    cluster.times.again = time.monotonic() - t0
+    with cluster.remote() as remote:
+        after = {n.name: spark.daemon_pid(remote, n) for n in cluster.inv.nodes}
+    print(f"\nre-install: {cluster.times.again:.1f}s = "
+          f"{cluster.times.again / cluster.times.first:.1%} of the first "
+          f"({cluster.times.first:.1f}s)")
+    assert report.changed() == {}
+    assert None not in before.values() and before == after  # no daemon restarted
+    assert cluster.times.again < 0.2 * cluster.times.first
+
+
+def _fresh_workers(cluster: Cluster, names: list[str], public_key: str) -> None:
+    """Replace workers by new, empty hosts at the same addresses (as if re-launched)."""
+    with cluster.remote() as remote:
+        for node in cluster.inv.workers:
+            if node.name in names:
+                spark.stop_service(remote, node)  # the master sees it leave at once
+    for name in names:
+        ip = cluster.cloud.hosts[name].ip
+        cluster.cloud.remove_host(name)
+        cluster.cloud.add_host(name, ip, [public_key])
+
+
+def test_two_workers_install_in_under_1_5x_the_time_of_one(
+    cluster: Cluster, ssh_keypair: Keypair
+) -> None:
+    inv = cluster.inv
+    one = Inventory(**{**inv.__dict__, "nodes": [inv.master, inv.workers[0]]})
+
+    _fresh_workers(cluster, ["worker-1", "worker-2"], ssh_keypair.public_key)
+    t0 = time.monotonic()
+    cluster.install(one)
+    cluster.times.one_worker = time.monotonic() - t0
+
+    _fresh_workers(cluster, ["worker-1"], ssh_keypair.public_key)
+    t0 = time.monotonic()
+    report = cluster.install()
+    cluster.times.two_workers = time.monotonic() - t0
+    ratio = cluster.times.two_workers / cluster.times.one_worker
+    print(f"\nfresh workers on an installed master: 1 worker {cluster.times.one_worker:.1f}s, "
+          f"2 workers {cluster.times.two_workers:.1f}s, ratio {ratio:.2f}")
+    assert set(report.workers) == {n.private_ip for n in inv.workers}
+    assert ratio < 1.5
