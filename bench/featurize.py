@@ -1,0 +1,126 @@
+"""Featurization benchmark: (a) raw model, (b) the job end to end, (c) the seeds' pattern.
+
+Same images (generated samples), same model and weights, same cores, one run:
+  (a) images/s of the model alone on pre-decoded uint8 tensors, no Spark (the limit),
+      TensorFlow using every core in one process;
+  (b) images/s of job/featurize_pca.py in Spark local mode: list, read, decode,
+      featurize, PCA, write every output (time inside Spark; JVM start-up excluded);
+  (c) images/s of bench/seed_pattern.py: SCALAR_ITER UDF building the model per task,
+      PIL resize to 224, model.predict, Arrow batches of 1024, Spark/TF defaults.
+Prints `b/a = X` and `b/c = Y` (targets at 2 cores on >= 2,000 images: 0.75 and 3).
+
+    .venv/bin/python bench/featurize.py --images 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "job"))
+sys.path.insert(0, str(REPO))
+
+import featurize  # noqa: E402
+import images  # noqa: E402
+
+from sparkfab import demo_weights, localjob, samples  # noqa: E402
+
+WORKDIR = REPO / ".cache" / "bench"
+
+
+def prepare(n: int) -> tuple[Path, list[Path]]:
+    per_class = math.ceil(n / len(samples.CLASSES))
+    folder = WORKDIR / f"images-{per_class}"
+    samples.generate(folder, per_class)
+    files = sorted(folder.rglob("*.jpg"))
+    return folder, files
+
+
+def raw_model(files: list[Path], weights: list, size: int, batch: int, threads: int) -> float:
+    """(a): decode everything first, then time only the model over it."""
+    import numpy as np
+
+    pixels = np.stack([images.decode(f.read_bytes(), size) for f in files])
+    infer = featurize._build_infer_fn(weights, size, threads)
+    infer(pixels[:batch]).numpy()  # trace + warm up
+    start = time.perf_counter()
+    for i in range(0, len(pixels), batch):
+        infer(pixels[i:i + batch]).numpy()
+    return len(pixels) / (time.perf_counter() - start)
+
+
+def job(folder: Path, size: int, batch: int, cores: int, weights_file: Path) -> dict:
+    """(b): the real job through the same local runner `fab run-job` uses."""
+    run_id = localjob.new_run_id()
+    opts = localjob.JobOptions(input=str(folder), output=str(WORKDIR / "runs" / run_id),
+                               weights=str(weights_file), input_size=size, batch_size=batch,
+                               run_id=run_id)
+    wall = time.perf_counter()
+    manifest = localjob.run_local(opts, cores=cores)
+    wall = time.perf_counter() - wall
+    shutil.rmtree(opts.output, ignore_errors=True)
+    ok, seconds = manifest["counts"]["ok"], manifest["timings_s"]["total"]
+    return {"images": ok, "seconds": seconds, "rate": ok / seconds, "wall_rate": ok / wall,
+            "stages": manifest["timings_s"], "partitions": manifest["spark"]["input_partitions"]}
+
+
+def seed(folder: Path, cores: int, weights_file: Path) -> dict:
+    """(c): bench/seed_pattern.py under spark-submit, same master and Python."""
+    out = WORKDIR / "seed-out"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [str(localjob.spark_submit()), "--master", f"local[{cores}]", "--driver-memory", "2g",
+           "--conf", "spark.driver.bindAddress=127.0.0.1", "--conf", "spark.driver.host=127.0.0.1",
+           "--conf", "spark.ui.enabled=false", "--conf", "spark.log.level=WARN",
+           str(REPO / "bench" / "seed_pattern.py"), str(folder), str(out), str(weights_file)]
+    proc = subprocess.run(cmd, env=localjob.local_env(), stdout=subprocess.PIPE, text=True,
+                          check=True)
+    shutil.rmtree(out, ignore_errors=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["rate"] = result["images"] / result["seconds"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=2000, help="at least this many images")
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--skip-seed", action="store_true", help="do not run (c)")
+    args = parser.parse_args(argv)
+
+    weights_file = REPO / demo_weights.DEFAULT_OUT
+    if not weights_file.exists():
+        demo_weights.build(weights_file)
+    folder, files = prepare(args.images)
+    print(f"{len(files)} images ({folder}), {args.cores} cores, input {args.input_size}, "
+          f"batch {args.batch_size}", flush=True)
+    weights = featurize.load_weights(str(weights_file), args.input_size)
+
+    a = raw_model(files, weights, args.input_size, args.batch_size, args.cores)
+    print(f"(a) raw model, pre-decoded tensors, {args.cores} TF threads: {a:.1f} img/s",
+          flush=True)
+    b = job(folder, args.input_size, args.batch_size, args.cores, weights_file)
+    print(f"(b) job end to end, local[{args.cores}]: {b['rate']:.1f} img/s "
+          f"({b['images']} images in {b['seconds']:.1f} s; with JVM start-up "
+          f"{b['wall_rate']:.1f} img/s; {b['partitions']} partitions; stages {b['stages']})",
+          flush=True)
+    print(f"b/a = {b['rate'] / a:.2f}")
+    if not args.skip_seed:
+        c = seed(folder, args.cores, weights_file)
+        print(f"(c) seed pattern, local[{args.cores}]: {c['rate']:.1f} img/s "
+              f"({c['images']} images in {c['seconds']:.1f} s; {c['partitions']} partitions)")
+        print(f"b/c = {b['rate'] / c['rate']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,337 @@
+"""Featurize images with MobileNetV2 and reduce the features with PCA, in PySpark.
+
+A plain spark-submit entry point (local[*], standalone, YARN, k8s):
+
+    spark-submit job/featurize_pca.py --input s3a://bucket/images --output s3a://bucket/runs/r1
+
+Input: a folder or s3a:// prefix of .jpg/.jpeg/.png files (any letter case), read
+recursively; an image's label is its parent folder's name. Outputs under --output:
+features.parquet, pca_matrix.csv, errors.csv, manifest.json, two PNG plots, _SUCCESS.
+Exit status: 0 done, 2 bad input or settings (one `error:` line), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+# The sibling modules are imported as top-level names: spark-submit puts this file's
+# folder on the driver's sys.path, and main() ships them to the executors.
+import featurize
+import images
+import outputs
+import reduce
+
+JOB_MODULES = (images, featurize, reduce, outputs)
+DEFAULT_VARIANCE = 0.95
+# Each file counts as this many bytes when Spark packs files into partitions: large next
+# to an image, so partitions hold similar numbers of images (the cost is per image).
+FILE_OPEN_COST_BYTES = 4 * 1024 * 1024
+
+
+class JobError(Exception):
+    """Bad input or settings: printed as one `error:` line, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _k(text: str) -> int:
+    value = int(text)
+    if value < reduce.MIN_K:
+        raise argparse.ArgumentTypeError(f"must be at least {reduce.MIN_K} (PC1 vs PC2 plot)")
+    if value > featurize.FEATURE_DIM:
+        raise argparse.ArgumentTypeError(f"at most {featurize.FEATURE_DIM} (the feature size)")
+    return value
+
+
+def _variance(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _input_size(text: str) -> int:
+    value = int(text)
+    if not 32 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be between 32 and 1024, got {value}")
+    return value
+
+
+def new_run_id() -> str:
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{now}-{secrets.token_hex(2)}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="featurize_pca.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--input", required=True,
+                        help="folder or s3a:// prefix of images; label = parent folder name")
+    parser.add_argument("--output", required=True,
+                        help="folder or s3a:// prefix for this run; must not exist (or be empty)")
+    parser.add_argument("--weights", default=featurize.WEIGHTS_IMAGENET,
+                        help="'imagenet' (downloaded by the driver only), a local or s3a:// "
+                             ".weights.h5/.keras file, or 'random' (smoke tests: meaningless)")
+    reduce_group = parser.add_mutually_exclusive_group()
+    reduce_group.add_argument("--k", type=_k, help="number of principal components")
+    reduce_group.add_argument("--variance", type=_variance, default=None,
+                              help=f"smallest k reaching this explained variance "
+                                   f"(default {DEFAULT_VARIANCE} when --k is not given)")
+    parser.add_argument("--input-size", type=_input_size, default=224,
+                        help="images are resized to this square size for the model")
+    parser.add_argument("--batch-size", type=_positive_int, default=64,
+                        help="images per model call")
+    parser.add_argument("--tf-threads", type=_positive_int, default=1,
+                        help="TensorFlow intra-op threads per Python worker (one worker per "
+                             "core already uses every core)")
+    parser.add_argument("--images-per-partition", type=_positive_int, default=256,
+                        help="target images per Spark task (fewer on small inputs, so every "
+                             "core gets work)")
+    parser.add_argument("--run-id", default=None, help="defaults to a UTC timestamp + random")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.k is None and args.variance is None:
+        args.variance = DEFAULT_VARIANCE
+    if args.run_id is None:
+        args.run_id = new_run_id()
+    return args
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        print(f"[featurize_pca] {name} ...", file=sys.stderr, flush=True)
+        try:
+            yield
+        finally:
+            self.stages[name] = round(time.perf_counter() - start, 3)
+
+
+def versions(spark: Any) -> dict[str, str]:
+    import keras
+    import numpy
+    import pandas
+    import PIL
+    import pyarrow
+    import tensorflow
+
+    return {
+        "spark": spark.version,
+        "python": platform.python_version(),
+        "tensorflow": tensorflow.__version__,
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "pyarrow": pyarrow.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+def resolve_weights(spark: Any, spec: str, input_size: int) -> list[Any]:
+    """Load the weights on the driver; a remote file is copied to a local temp file first."""
+    if spec == featurize.WEIGHTS_RANDOM:
+        print(featurize.RANDOM_WARNING, file=sys.stderr, flush=True)
+    if "://" in spec and not spec.startswith("file:"):
+        if not featurize.is_weights_file(spec):
+            return featurize.load_weights(spec, input_size)  # raises the usage error
+        remote = outputs.Store(spark, spec)
+        if not remote.exists():
+            raise featurize.WeightsError(f"weights file not found: {spec}")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, os.path.basename(spec))
+            remote.copy_to_local(local)
+            return featurize.load_weights(spec, input_size, local_file=local)
+    return featurize.load_weights(spec.removeprefix("file:"), input_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        manifest = run(args)
+    except (JobError, featurize.WeightsError, outputs.OutputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(manifest))  # one line, last: for a caller that cannot read --output
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from pyspark.sql import SparkSession
+
+    started = time.perf_counter()
+    timer = Timer()
+    spark = SparkSession.builder.appName(f"featurize_pca {args.run_id}").getOrCreate()
+    sc = spark.sparkContext
+    for module in JOB_MODULES:
+        sc.addPyFile(module.__file__)
+
+    input_store = outputs.Store(spark, args.input)
+    if not input_store.exists():
+        raise JobError(f"input path does not exist: {args.input}")
+    outputs.check_output_free(spark, args.output)
+    temp = outputs.temp_location(args.output, args.run_id)
+    committed = False
+    try:
+        manifest = _run(spark, args, timer, temp)
+        with timer.stage("commit"):
+            outputs.commit(spark, temp, args.output)
+            committed = True
+        manifest["timings_s"] = {**timer.stages,
+                                 "total": round(time.perf_counter() - started, 3)}
+        final = outputs.Store(spark, args.output)
+        final.write_json(outputs.MANIFEST, manifest)
+        final.write_bytes(outputs.MARKER, b"")  # last: the run is complete
+        return manifest
+    finally:
+        if not committed:
+            outputs.Store(spark, temp).delete()
+
+
+def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[str, Any]:
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    sc = spark.sparkContext
+    with timer.stage("list"):
+        listed = outputs.Store(spark, args.input).list_files()
+        image_files = [(p, n) for p, n in listed if images.is_image_path(p)]
+        n_files, n_images = len(listed), len(image_files)
+        n_skipped = n_files - n_images
+        if n_images == 0:
+            raise JobError(f"no .jpg/.jpeg/.png files under {args.input}"
+                           + (f" ({n_skipped} other files skipped)" if n_skipped else ""))
+        # Spark's scans drop zero-byte files: they are failures decided here.
+        empty = [p for p, n in image_files if n == 0]
+        avg_bytes = sum(n for _, n in image_files) // n_images
+        files = (
+            spark.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .load(args.input)
+            .where(F.col("path").rlike(images.IMAGE_PATH_REGEX))
+        )
+        # Partitions of about --images-per-partition images (Spark still splits small
+        # inputs across all cores); the model is built once per Python worker anyway.
+        spark.conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
+        spark.conf.set("spark.sql.files.maxPartitionBytes",
+                       str(args.images_per_partition * (avg_bytes + FILE_OPEN_COST_BYTES)))
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size * 4))
+
+    with timer.stage("load_weights"):
+        weights = resolve_weights(spark, args.weights, args.input_size)
+        bc_weights = sc.broadcast(weights)
+        weights_bytes = sum(int(w.nbytes) for w in weights)
+        del weights
+
+    builds = sc.accumulator(set(), featurize.SetAccumulator())
+    udf = featurize.make_udf(bc_weights, args.input_size, args.batch_size, args.tf_threads,
+                             builds)
+    source = files.select("path", "content")
+    partitions = source.rdd.getNumPartitions()
+    featurized = (
+        source.select(
+            "path",
+            F.element_at(F.split("path", "/"), -2).alias("label"),  # = images.label_of
+            udf("content").alias("r"),
+        )
+        .select("path", "label", "r.features", "r.error")
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    try:
+        with timer.stage("featurize"):
+            by_status = {bool(r["ok"]): int(r["count"]) for r in
+                         featurized.groupBy(F.col("error").isNull().alias("ok")).count().collect()}
+            n_ok, n_failed = by_status.get(True, 0), by_status.get(False, 0) + len(empty)
+        if n_ok < 2:
+            examples = "; ".join(f"{r['path']}: {r['error']}" for r in
+                                 featurized.where("error IS NOT NULL").limit(3).collect())
+            raise JobError(f"PCA needs at least 2 images that decode; {n_ok} of {n_images} "
+                           f"did (e.g. {examples})")
+        with timer.stage("pca"):
+            result = reduce.pca(featurized.where("error IS NULL").drop("error"),
+                                args.k, args.variance if args.k is None else None,
+                                featurize.FEATURE_DIM)
+            scores = result.scores.persist(StorageLevel.MEMORY_AND_DISK)
+        store = outputs.Store(spark, temp)
+        with timer.stage("write"):
+            scores.select("path", "label", "features", "pca").write.parquet(
+                store.uri(outputs.PARQUET))
+            pcs = [f"pc_{i + 1}" for i in range(result.k)]
+            outputs.write_single_csv(
+                scores.select("path", "label",
+                              *[F.col("pca")[i].alias(name) for i, name in enumerate(pcs)]),
+                store, outputs.CSV_MATRIX, ["path", "label", *pcs])
+            errors = featurized.where("error IS NOT NULL").select(
+                "path", F.col("error").alias("reason"))
+            if empty:
+                errors = errors.unionByName(spark.createDataFrame(
+                    [(p, images.EMPTY_FILE_REASON) for p in empty], "path string, reason string"))
+            outputs.write_single_csv(errors, store, outputs.ERRORS, ["path", "reason"])
+        with timer.stage("plots"):
+            fraction = min(1.0, outputs.MAX_SCATTER_POINTS / n_ok)
+            sample = scores if fraction >= 1.0 else scores.sample(fraction=fraction, seed=7)
+            points = [(r["label"], float(r["pc1"]), float(r["pc2"])) for r in sample.select(
+                "label", F.col("pca")[0].alias("pc1"), F.col("pca")[1].alias("pc2")).collect()]
+            store.write_bytes(outputs.SCATTER_PNG, outputs.scatter_png(
+                points, f"PC1 vs PC2 of {n_ok} images (run {args.run_id})"))
+            store.write_bytes(outputs.VARIANCE_PNG, outputs.variance_png(
+                result.explained, result.cumulative,
+                args.variance if args.k is None else None))
+        scores.unpersist()
+    finally:
+        featurized.unpersist()
+        bc_weights.unpersist()
+
+    manifest: dict[str, Any] = {
+        "run_id": args.run_id,
+        "status": "complete",
+        "input": args.input,
+        "output": args.output,
+        "counts": {"input": n_images, "ok": n_ok, "failed": n_failed, "skipped": n_skipped,
+                   "files_seen": n_files},
+        "input_bytes": sum(n for _, n in image_files),
+        "pca": {"k": result.k,
+                "variance_target": args.variance if args.k is None else None,
+                "explained_variance": result.explained,
+                "cumulative_explained_variance": result.cumulative},
+        "weights": {"spec": args.weights, "loaded_on": "driver",
+                    "broadcast_bytes": weights_bytes,
+                    "executor_model_builds": sorted(builds.value)},
+        "spark": {"master": sc.master, "default_parallelism": sc.defaultParallelism,
+                  "input_partitions": partitions},
+        "settings": vars(args),
+        "versions": versions(spark),
+        "files": [outputs.PARQUET, outputs.CSV_MATRIX, outputs.ERRORS, outputs.MANIFEST,
+                  outputs.SCATTER_PNG, outputs.VARIANCE_PNG],
+        "timings_s": dict(timer.stages),
+    }
+    return manifest
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

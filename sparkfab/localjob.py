@@ -1,0 +1,184 @@
+"""Run job/featurize_pca.py in Spark local mode with this venv's pyspark, and summarise it.
+
+The same entry point the cluster runs: only the master (local[N]) and the paths differ.
+`JobOptions.to_args()` gives the job's command-line flags for any spark-submit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from sparkfab import demo_weights, samples
+from sparkfab.errors import UserError
+from sparkfab.java import java_home, spark_env
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+JOB_DIR = REPO_ROOT / "job"
+JOB_ENTRY = JOB_DIR / "featurize_pca.py"
+DEFAULT_OUTPUT_ROOT = Path("output")
+JOB_USAGE_EXIT = 2  # featurize_pca.py: bad input or settings, said in one `error:` line
+
+
+@dataclass
+class JobOptions:
+    """The job's settings; None means the job's own default."""
+
+    input: str
+    output: str
+    weights: str
+    k: int | None = None
+    variance: float | None = None
+    input_size: int | None = None
+    batch_size: int | None = None
+    tf_threads: int | None = None
+    images_per_partition: int | None = None
+    run_id: str | None = None
+    extra: list[str] = field(default_factory=list)
+
+    def to_args(self) -> list[str]:
+        args = ["--input", self.input, "--output", self.output, "--weights", self.weights]
+        for flag, value in (
+            ("--k", self.k), ("--variance", self.variance), ("--input-size", self.input_size),
+            ("--batch-size", self.batch_size), ("--tf-threads", self.tf_threads),
+            ("--images-per-partition", self.images_per_partition), ("--run-id", self.run_id),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        return args + list(self.extra)
+
+
+def new_run_id() -> str:
+    """UTC timestamp + 4 hex digits: sortable, and two runs in one second do not collide."""
+    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def spark_submit() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).parent / "bin" / "spark-submit"
+
+
+def local_command(opts: JobOptions, cores: int | None = None, driver_memory: str = "2g",
+                  extra_conf: dict[str, str] | None = None) -> list[str]:
+    master = f"local[{cores}]" if cores else "local[*]"
+    conf = {
+        # Nothing listens beyond loopback, and no UI port at all, on an operator's machine.
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.host": "127.0.0.1",
+        "spark.ui.enabled": "false",
+        # The model is kept per Python worker across tasks: workers must be reused.
+        "spark.python.worker.reuse": "true",
+        "spark.log.level": "WARN",
+        **(extra_conf or {}),
+    }
+    cmd = [str(spark_submit()), "--master", master, "--driver-memory", driver_memory]
+    for key, value in conf.items():
+        cmd += ["--conf", f"{key}={value}"]
+    return cmd + [str(JOB_ENTRY), *opts.to_args()]
+
+
+def local_env() -> dict[str, str]:
+    env = spark_env()
+    # Driver and executors must be the same Python, with pyspark, TF and Pillow: this one.
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def _pump(src: IO[str], dst: IO[str], errors: list[str], last: list[str]) -> None:
+    """Echo a stream of the job; keep its `error:` lines for the UserError instead.
+
+    spark-submit sends the Python driver's stderr to its own stdout, so both streams
+    are pumped the same way.
+    """
+    for line in src:
+        if line.startswith("error: "):
+            errors.append(line[len("error: "):].strip())
+            continue
+        if line.startswith("{"):  # the driver's closing line: its manifest as JSON
+            last[:] = [line.strip()]
+            continue
+        dst.write(line)
+        dst.flush()
+
+
+def run_local(opts: JobOptions, cores: int | None = None,
+              extra_conf: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the job in local mode; returns its manifest. UserError when it fails."""
+    if java_home() is None:
+        raise UserError("Spark needs Java 17 or 21 and none was found",
+                        "run `make setup` (it installs one into .venv) or set JAVA_HOME")
+    cmd = local_command(opts, cores, extra_conf=extra_conf)
+    proc = subprocess.Popen(cmd, env=local_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    errors: list[str] = []
+    last_out: list[str] = []
+    pumps = [
+        threading.Thread(target=_pump, args=(proc.stdout, sys.stdout, errors, last_out)),
+        threading.Thread(target=_pump, args=(proc.stderr, sys.stderr, errors, [])),
+    ]
+    for pump in pumps:
+        pump.start()
+    rc = proc.wait()
+    for pump in pumps:
+        pump.join()
+    if rc == JOB_USAGE_EXIT and errors:
+        raise UserError(errors[-1], "fix the input or flag named above (`fab run-job --help`)")
+    if rc != 0:
+        raise UserError(f"the featurize + PCA job failed (exit status {rc})",
+                        "see the Spark/Python log above for the cause")
+    if "://" in opts.output and not opts.output.startswith("file:"):
+        return json.loads(last_out[0])
+    return json.loads((Path(opts.output) / "manifest.json").read_text())
+
+
+def default_options(
+    input: str | None = None, output: str | None = None, weights: str | None = None,
+    samples_per_class: int = samples.DEFAULT_PER_CLASS,
+) -> JobOptions:
+    """Options for a local run: generated samples, output/<run id>, the demo weights."""
+    run_id = new_run_id()
+    if input is None:
+        n = samples.generate(samples.DEFAULT_DIR, samples_per_class)
+        print(f"input: {n} generated sample images under {samples.DEFAULT_DIR}/", flush=True)
+        input = str(samples.DEFAULT_DIR)
+    if weights is None:
+        weights = str(demo_weights.DEFAULT_OUT)
+        if not demo_weights.DEFAULT_OUT.exists():
+            demo_weights.build(demo_weights.DEFAULT_OUT)
+    return JobOptions(
+        input=_absolute(input), output=_absolute(output or str(DEFAULT_OUTPUT_ROOT / run_id)),
+        weights=weights if weights in ("imagenet", "random") else _absolute(weights),
+        run_id=run_id,
+    )
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    c = manifest["counts"]
+    p = manifest["pca"]
+    t = manifest["timings_s"]
+    ok_rate = c["ok"] / t["featurize"] if t.get("featurize") else 0.0
+    lines = [
+        f"images: {c['input']} read, {c['ok']} featurized, {c['failed']} failed"
+        f" (listed in errors.csv), {c['skipped']} other files skipped",
+        f"PCA: k = {p['k']}, explaining {p['cumulative_explained_variance'][-1]:.1%} of the"
+        f" variance (PC1 {p['explained_variance'][0]:.1%}, PC2 {p['explained_variance'][1]:.1%})",
+        f"time: {t['total']:.1f} s in Spark (featurize {t['featurize']:.1f} s,"
+        f" {ok_rate:.0f} img/s; pca {t['pca']:.1f} s; write {t['write']:.1f} s)",
+        f"outputs: {manifest['output']}/  ({', '.join(manifest['files'])})",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""The job's command line, k selection, output locations, plots, samples, local command."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "job"))
+import featurize  # noqa: E402
+import featurize_pca  # noqa: E402
+import outputs  # noqa: E402
+import reduce  # noqa: E402
+
+from sparkfab import localjob, samples  # noqa: E402
+
+BASE = ["--input", "in", "--output", "out/r1"]
+
+
+def test_defaults_pick_k_by_95_percent_variance_and_generate_a_run_id() -> None:
+    args = featurize_pca.parse_args(BASE)
+    assert args.k is None and args.variance == 0.95
+    assert args.weights == "imagenet" and args.input_size == 224 and args.tf_threads == 1
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{4}", args.run_id)
+
+
+def test_k_turns_the_variance_default_off() -> None:
+    args = featurize_pca.parse_args([*BASE, "--k", "7"])
+    assert args.k == 7 and args.variance is None
+
+
+@pytest.mark.parametrize("extra", [
+    ["--k", "3", "--variance", "0.9"], ["--k", "1"], ["--k", "5000"], ["--variance", "0"],
+    ["--variance", "1.5"], ["--batch-size", "0"], ["--input-size", "8"], ["--tf-threads", "x"],
+])
+def test_bad_settings_exit_2_with_a_message(extra: list[str],
+                                            capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        featurize_pca.parse_args([*BASE, *extra])
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        featurize_pca.parse_args(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ["--input", "--output", "--weights", "--k", "--variance", "--input-size",
+                 "--batch-size", "--tf-threads", "--images-per-partition", "--run-id"]:
+        assert flag in text
+
+
+def test_missing_required_input_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit):
+        featurize_pca.parse_args(["--output", "o"])
+
+
+@pytest.mark.parametrize("explained, target, k", [
+    ([0.5, 0.3, 0.15, 0.05], 0.95, 3),
+    ([0.5, 0.3, 0.15, 0.05], 0.80, 2),
+    ([0.97, 0.02, 0.01], 0.95, 2),  # never fewer than two: the PC1/PC2 plot
+    ([0.4, 0.3, 0.2, 0.1], 1.0, 4),
+    ([0.5, 0.2, 0.1], 0.99, 3),  # target not reached: all of them
+])
+def test_choose_k_is_the_smallest_reaching_the_target(explained: list[float], target: float,
+                                                      k: int) -> None:
+    assert reduce.choose_k(explained, target) == k
+
+
+def test_cumulative_variance_is_monotonic_and_capped() -> None:
+    r = reduce.PcaResult(k=3, explained=[0.6, 0.3, 0.1 + 1e-12], scores=None)
+    assert r.cumulative[:2] == pytest.approx([0.6, 0.9])
+    assert r.cumulative[-1] == 1.0  # a float sum just above 1 is capped
+
+
+def test_temporary_location_is_a_hidden_sibling_of_the_output() -> None:
+    assert outputs.temp_location("s3a://b/runs/r1", "X") == "s3a://b/runs/_tmp-X"
+    assert outputs.temp_location("/data/out/r1/", "X") == "/data/out/_tmp-X"
+    with pytest.raises(outputs.OutputError):
+        outputs.temp_location("s3a://bucket", "X")
+
+
+def test_weights_spec_errors_are_caught_before_any_model_is_built(tmp_path: Path) -> None:
+    with pytest.raises(featurize.WeightsError, match="expected 'imagenet', 'random'"):
+        featurize.load_weights("model.pt", 224)
+    with pytest.raises(featurize.WeightsError, match="not found"):
+        featurize.load_weights(str(tmp_path / "absent.weights.h5"), 224)
+    with pytest.raises(featurize.WeightsError, match="ImageNet weights exist for"):
+        featurize.load_weights("imagenet", 100)
+
+
+def test_plots_are_png_images() -> None:
+    points = [("apple", 1.0, 2.0), ("lime", -1.0, 0.5), ("apple", 0.5, 1.5)]
+    assert outputs.scatter_png(points, "t").startswith(b"\x89PNG")
+    assert outputs.variance_png([0.6, 0.3], [0.6, 0.9], 0.95).startswith(b"\x89PNG")
+
+
+def test_samples_are_deterministic_and_one_folder_per_class(tmp_path: Path) -> None:
+    assert samples.generate(tmp_path / "a", 2) == 2 * len(samples.CLASSES)
+    samples.generate(tmp_path / "b", 2)
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.jpg"))
+    assert [p.parts[0] for p in files_a[::2]] == sorted(samples.CLASSES)
+    for rel in files_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    assert samples.render("apple", 0).size == (samples.SIZE, samples.SIZE)
+
+
+def test_local_spark_binds_loopback_only_and_uses_this_python() -> None:
+    opts = localjob.JobOptions(input="/i", output="/o/r", weights="random", k=4, run_id="r")
+    cmd = localjob.local_command(opts, cores=2)
+    assert cmd[cmd.index("--master") + 1] == "local[2]"
+    assert "spark.driver.bindAddress=127.0.0.1" in cmd and "spark.ui.enabled=false" in cmd
+    assert cmd[-10:] == ["--input", "/i", "--output", "/o/r", "--weights", "random",
+                         "--k", "4", "--run-id", "r"]
+    assert localjob.local_env()["PYSPARK_PYTHON"] == sys.executable
