@@ -27,7 +27,10 @@ _EXECUTOR = re.compile(
     r"Granted executor ID \S+?/(\d+) on hostPort ([^:\s]+):\d+ with (\d+) core"
 )
 # "... from ResultStage 3 (MapPartitionsRDD[12] at collect at /tmp/run/featurize_pca.py:212)"
-_STAGE_START = re.compile(r"Submitting (\d+) missing tasks from \w+ (\d+) \(\S+ at (.*?)\)")
+# (a long call site continues on the next lines: then the first line's part is shown)
+_STAGE_START = re.compile(
+    r"Submitting (\d+) missing tasks from \w+ (\d+) \(\S+ at (.*?)(?:\)|$)"
+)
 _TASK_DONE = re.compile(
     r"Finished task [\d.]+ in stage (\d+)\.\d+ \(TID \d+\) in \d+ ms on (\S+) "
     r"\(executor (\S+)\) \((\d+)/(\d+)\)"
@@ -51,6 +54,12 @@ _NOISE = (
     "could not bind on port",
     "Using Spark's default log4j profile",
     "WARNING: Using incubator modules",
+    "SLF4J: ",
+    "hadoop-metrics2",
+    "invoked the Syncable API",  # event log on S3: flushed at the end, as designed
+    "dev.ludovic.netlib",  # pure-Java BLAS/LAPACK fallback for the PCA: fine at this size
+    # S3A without the cloud committers: noted once in the README, not on every write
+    "Using standard FileOutputCommitter",
 )
 
 
@@ -110,7 +119,7 @@ class DriverLog:
         if m := _EXECUTOR.search(message):
             executor, host, cores = m.groups()
             self.executors[executor] = host
-            return f"executor {executor} on {host} ({cores} cores)"
+            return f"executor {executor} on {host} ({cores} core{'' if cores == '1' else 's'})"
         if m := _STAGE_START.search(message):
             tasks, stage, call_site = m.groups()
             call_site = re.sub(r"\S*/", "", call_site)  # the file name is enough
