@@ -122,7 +122,7 @@ class DriverLog:
             return f"executor {executor} on {host} ({cores} core{'' if cores == '1' else 's'})"
         if m := _STAGE_START.search(message):
             tasks, stage, call_site = m.groups()
-            call_site = re.sub(r"\S*/", "", call_site)  # the file name is enough
+            call_site = re.sub(r"\S*/", "", call_site).strip().removesuffix(" at")
             return f"stage {stage}: {call_site}, {tasks} tasks"
         if m := _TASK_DONE.search(message):
             stage, host, _executor, done, total = m.groups()

@@ -217,7 +217,7 @@ def test_spark_chatter_becomes_progress_lines() -> None:
         "Traceback (most recent call last):",
         '  File "/tmp/sparkfab-run-x/featurize_pca.py", line 270, in run',
         # known-harmless lines are not shown; a record whose call site wraps still is
-        "[spark] stage 3: collect at, 5 tasks",
+        "[spark] stage 3: collect, 5 tasks",
     ]
     assert log.ui_port == 4040
     assert log.tasks_by_host == {"10.0.1.11": 3, "10.0.1.12": 1}
