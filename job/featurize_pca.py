@@ -219,22 +219,33 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
 
     sc = spark.sparkContext
     with timer.stage("list"):
-        listed = outputs.Store(spark, args.input).list_files()
-        image_files = [(p, n) for p, n in listed if images.is_image_path(p)]
-        n_files, n_images = len(listed), len(image_files)
-        n_skipped = n_files - n_images
-        if n_images == 0:
-            raise JobError(f"no .jpg/.jpeg/.png files under {args.input}"
-                           + (f" ({n_skipped} other files skipped)" if n_skipped else ""))
-        # Spark's scans drop zero-byte files: they are failures decided here.
-        empty = [p for p, n in image_files if n == 0]
-        avg_bytes = sum(n for _, n in image_files) // n_images
         files = (
             spark.read.format("binaryFile")
             .option("recursiveFileLookup", "true")
             .load(args.input)
-            .where(F.col("path").rlike(images.IMAGE_PATH_REGEX))
         )
+        listing = files.agg(
+            F.count(F.lit(1)).alias("files"),
+            F.count_if(F.col("path").rlike(images.IMAGE_PATH_REGEX)).alias("images"),
+            F.sum(F.when(F.col("path").rlike(images.IMAGE_PATH_REGEX), F.col("length")))
+            .alias("image_bytes"),
+        ).first()
+        n_files, n_images = int(listing["files"]), int(listing["images"])
+        image_bytes = int(listing["image_bytes"] or 0)
+        # Spark's scans drop zero-byte files, its file index does not: when the counts
+        # differ, a (slower, per file) listing names the empty ones, failures decided here.
+        empty: list[str] = []
+        if len(files.inputFiles()) != n_files:
+            listed = outputs.Store(spark, args.input).list_files()
+            empty = [p for p, size in listed if size == 0 and images.is_image_path(p)]
+            n_files = len(listed)
+            n_images += len(empty)
+        n_skipped = n_files - n_images
+        if n_images == 0:
+            raise JobError(f"no .jpg/.jpeg/.png files under {args.input}"
+                           + (f" ({n_skipped} other files skipped)" if n_skipped else ""))
+        avg_bytes = image_bytes // n_images
+        files = files.where(F.col("path").rlike(images.IMAGE_PATH_REGEX))
         # Partitions of about --images-per-partition images (Spark still splits small
         # inputs across all cores); the model is built once per Python worker anyway.
         spark.conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
@@ -314,7 +325,7 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
         "output": args.output,
         "counts": {"input": n_images, "ok": n_ok, "failed": n_failed, "skipped": n_skipped,
                    "files_seen": n_files},
-        "input_bytes": sum(n for _, n in image_files),
+        "input_bytes": image_bytes,
         "pca": {"k": result.k,
                 "variance_target": args.variance if args.k is None else None,
                 "explained_variance": result.explained,
