@@ -1,0 +1,230 @@
+"""End to end as a user types it, on the local cloud: `fab local-cloud-up`, then
+`fab provision --workers 2`, `fab upload-data`, `fab run-job`, `fab teardown --yes`, twice
+in the same cloud (nothing may leak from the first run into the second), then
+`fab local-cloud-down`. Every command is a subprocess of `fab`.
+
+Slow: each run installs Spark and a Python env with TensorFlow on 3 nodes. The job is kept
+small (a dozen 64x64 images, input size 96).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from conftest import CLOUD_ROOT, PREFIX, REPO, SUBNET
+from PIL import Image
+
+from sparkfab import inventory, ports
+from sparkfab.aws import tags as T
+from sparkfab.aws.iam import names as iam_names
+from sparkfab.aws.keys import key_pair_name
+from sparkfab.localcloud import derived_subnet, netns, target
+from sparkfab.localcloud.hosts import MOTO_CREDENTIALS
+from sparkfab.localcloud.mirror import DEFAULT_OUT as MIRROR_DIR
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+PREFIX_E = f"{PREFIX}e5"
+SUBNET_E = derived_subnet(SUBNET, 5)
+CLUSTER = "sparkfab"  # the default: the commands below name no cluster
+LABELS = ("apple", "banana", "cherry")
+PER_LABEL = 4
+JOB_FLAGS = ("--weights", "random", "-k", "3", "--input-size", "96", "--batch-size", "4",
+             "--images-per-partition", "3")
+FAB = Path(sys.executable).with_name("fab")
+TIMES: dict[int, dict[str, float]] = {}
+
+
+@dataclass
+class Cloud:
+    env: dict[str, str]
+    inv_dir: Path
+    settings: dict[str, object]
+
+    def fab(self, *args: str, timeout: float = 1500) -> tuple[subprocess.CompletedProcess[str],
+                                                               float]:
+        """`fab ARGS` from the repository root, as a user's shell runs it; and its seconds."""
+        t0 = time.monotonic()
+        out = subprocess.run([str(FAB), *args], cwd=REPO, env=self.env, capture_output=True,
+                             text=True, timeout=timeout)
+        return out, time.monotonic() - t0
+
+    def client(self, service: str):  # noqa: ANN201 (a boto3 client)
+        return boto3.client(service, endpoint_url=str(self.settings["endpoint_url"]),
+                            region_name=str(self.settings["region"]), **MOTO_CREDENTIALS)
+
+
+def _ok(out: subprocess.CompletedProcess[str], what: str) -> str:
+    assert out.returncode == 0, f"{what} failed ({out.returncode}):\n{out.stdout[-6000:]}\n" \
+        f"{out.stderr[-4000:]}"
+    return out.stdout
+
+
+def _namespaces() -> list[str]:
+    return [ns for ns in netns.list_namespaces() if ns.startswith(f"{PREFIX_E}-")]
+
+
+def _until(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    """`fab local-cloud-up` with the shared mirror; `fab local-cloud-down` after, always."""
+    # A user's shell: no AWS credentials at all, no sparkfab settings but the cloud's.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SPARKFAB_"))}
+    inv_dir = tmp_path_factory.mktemp("inventory")
+    env["SPARKFAB_INVENTORY_DIR"] = str(inv_dir)
+    cloud = Cloud(env, inv_dir, {})
+    workdir = target.workdir_for(PREFIX_E, CLOUD_ROOT)
+    try:
+        out, seconds = cloud.fab("local-cloud-up", "--prefix", PREFIX_E, "--subnet", SUBNET_E,
+                                 "--mirror", str(REPO / MIRROR_DIR))
+        text = _ok(out, "fab local-cloud-up")
+        export = next(line.strip() for line in text.splitlines()
+                      if line.strip().startswith("export SPARKFAB_CONFIG="))
+        config = export.split("=", 1)[1]
+        env["SPARKFAB_CONFIG"] = config
+        cloud.settings = yaml.safe_load(Path(config).read_text())
+        print(f"\nlocal-cloud-up: {seconds:.0f}s (staging included)")
+        yield cloud
+    finally:
+        down, seconds = cloud.fab("local-cloud-down", "--prefix", PREFIX_E)
+        if down.returncode != 0:  # still remove everything, then fail
+            target.down(PREFIX_E, root=CLOUD_ROOT)
+        print(f"\nlocal-cloud-down: {seconds:.0f}s")
+        _ok(down, "fab local-cloud-down")
+        assert _namespaces() == []
+        assert not netns.link_exists(netns.Names(PREFIX_E).bridge)
+        assert target.read_info(workdir) is None
+        assert not (workdir / target.SETTINGS_FILE).exists()
+        _print_times()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """PER_LABEL small JPEGs per label, and one file that only looks like an image."""
+    root = tmp_path_factory.mktemp("images")
+    for i, label in enumerate(LABELS):
+        (root / label).mkdir()
+        for j in range(PER_LABEL):
+            img = Image.new("RGB", (64, 64), (80 * i, 40 * j, 255 - 60 * i))
+            img.save(root / label / f"{label}-{j}.jpg", quality=90)
+    (root / LABELS[0] / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def _ssh(cloud: Cloud, inv: inventory.Inventory, ip: str, command: str
+         ) -> subprocess.CompletedProcess[str]:
+    """The system ssh, trusting only the host keys provision recorded."""
+    return subprocess.run(
+        ["ssh", "-i", inv.private_key_path, "-F", "/dev/null", "-o", "BatchMode=yes",
+         "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10",
+         "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null",
+         "-o", f"UserKnownHostsFile={inventory.known_hosts_path(CLUSTER, cloud.inv_dir)}",
+         f"{inv.ssh_user}@{ip}", command],
+        capture_output=True, text=True, timeout=60)
+
+
+def _check_provisioned(cloud: Cloud) -> inventory.Inventory:
+    inv = inventory.load(CLUSTER, cloud.inv_dir)
+    assert inv is not None
+    assert [n.name for n in inv.nodes] == ["master", "worker-1", "worker-2"]
+    assert inv.extra.get("local_cloud"), "the idle guard must know it runs in the local cloud"
+    assert len(_namespaces()) == 3
+    for node in inv.nodes:
+        out = _ssh(cloud, inv, node.private_ip, "ip -4 -o addr show dev eth0")
+        assert out.returncode == 0, out.stderr
+        assert f"inet {node.private_ip}/" in out.stdout
+    url = f"http://{inv.master.private_ip}:{ports.MASTER_UI}/json/"
+    out = _ssh(cloud, inv, inv.master.private_ip, f"curl -sf {url}")
+    assert out.returncode == 0, out.stderr
+    alive = [w for w in json.loads(out.stdout)["workers"] if w["state"] == "ALIVE"]
+    assert sorted(w["host"] for w in alive) == sorted(n.private_ip for n in inv.workers)
+    return inv
+
+
+def _check_outputs(cloud: Cloud, bucket: str, prefix: str) -> dict[str, object]:
+    s3 = cloud.client("s3")
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
+    keys = {o["Key"][len(prefix) + 1:] for o in listed.get("Contents", [])}
+    assert {"manifest.json", "_SUCCESS", "pca_matrix.csv", "errors.csv"} <= keys, keys
+    assert any(k.startswith("features.parquet/") for k in keys), keys
+    body = s3.get_object(Bucket=bucket, Key=f"{prefix}/manifest.json")["Body"].read()
+    manifest = json.loads(body)
+    counts = manifest["counts"]
+    assert counts["input"] == counts["ok"] + counts["failed"] == len(LABELS) * PER_LABEL + 1
+    assert counts["failed"] == 1
+    errors = s3.get_object(Bucket=bucket, Key=f"{prefix}/errors.csv")["Body"].read()
+    assert b"truncated.jpg" in errors
+    return manifest
+
+
+def _check_nothing_left(cloud: Cloud) -> None:
+    ec2, iam = cloud.client("ec2"), cloud.client("iam")
+    live = ec2.describe_instances(Filters=[
+        *T.ec2_filter(CLUSTER),
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping",
+                                                   "stopped", "shutting-down"]}])
+    assert [r for r in live["Reservations"] if r["Instances"]] == []
+    assert ec2.describe_security_groups(Filters=T.ec2_filter(CLUSTER))["SecurityGroups"] == []
+    assert [k for k in ec2.describe_key_pairs()["KeyPairs"]
+            if k["KeyName"] == key_pair_name(CLUSTER)] == []
+    names = iam_names(CLUSTER)
+    assert names.role not in {r["RoleName"] for r in iam.list_roles()["Roles"]}
+    assert names.profile not in {p["InstanceProfileName"]
+                                 for p in iam.list_instance_profiles()["InstanceProfiles"]}
+    assert inventory.load(CLUSTER, cloud.inv_dir) is None
+    assert not inventory.known_hosts_path(CLUSTER, cloud.inv_dir).exists()
+    # Terminated instances lose their hosts within the watcher's next polls.
+    _until(lambda: _namespaces() == [], "the hosts of the terminated instances to go")
+
+
+@pytest.mark.parametrize("run", [1, 2])
+def test_provision_run_job_teardown_as_a_user_types_them(
+    cloud: Cloud, images: Path, run: int
+) -> None:
+    times = TIMES.setdefault(run, {})
+    # Whatever the first run did, the second starts from nothing of the cluster's.
+    _check_nothing_left(cloud)
+
+    out, times["provision"] = cloud.fab("provision", "--workers", "2")
+    _ok(out, "fab provision --workers 2")
+    inv = _check_provisioned(cloud)
+    bucket = inv.bucket
+    assert bucket == cloud.settings["bucket"]
+
+    data = f"s3://{bucket}/images/fruits"
+    _ok(cloud.fab("upload-data", str(images), data)[0], "fab upload-data")
+    output = f"s3://{bucket}/runs/e2e-{run}"
+    out, times["run-job"] = cloud.fab("run-job", "--input", data, "--output", output,
+                                      *JOB_FLAGS)
+    _ok(out, "fab run-job")
+    manifest = _check_outputs(cloud, bucket, f"runs/e2e-{run}")
+    assert manifest["pca"]["k"] == 3
+
+    out, times["teardown"] = cloud.fab("teardown", "--yes")
+    _ok(out, "fab teardown --yes")
+    _check_nothing_left(cloud)
+    print(f"\nrun {run}: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+
+
+def _print_times() -> None:
+    buf = io.StringIO()
+    for run, times in sorted(TIMES.items()):
+        buf.write(f"run {run}: " + ", ".join(f"fab {k} {v:.1f}s" for k, v in times.items())
+                  + "\n")
+    print("\nend-to-end wall times:\n" + buf.getvalue())
