@@ -160,6 +160,7 @@ def wanted_facts(python_version: str) -> dict[str, object]:
         "python": python_version,
         "platform": wheelhouse.DEFAULT_PLATFORM,
         "requirements": wheelhouse.requirements(),
+        "installer": wheelhouse.INSTALLER_PIN,
     }
 
 
@@ -201,7 +202,7 @@ def build_mirror(out: Path = DEFAULT_OUT, python_version: str | None = None) -> 
         mirror.add(artifacts.SDK_BUNDLE, _link_or_copy(jar, out / jar.name),
                    artifacts.sdk_bundle_source(str(sdk)).url)
         _checkpoint(mirror, facts, "sdk")
-    if not fresh(artifacts.WHEELHOUSE, "python", "platform", "requirements"):
+    if not fresh(artifacts.WHEELHOUSE, "python", "platform", "requirements", "installer"):
         tar = _timed(f"wheelhouse for Python {python_version}",
                      lambda: wheelhouse.build(out, python_version))
         mirror.add(artifacts.WHEELHOUSE, tar, "PyPI via pip download")
