@@ -209,8 +209,32 @@ def teardown(c, cluster=None, region=None, yes=False, delete_bucket=False, confi
                 return
         teardown_cluster(aws, plan, say)
 
-
 # ---- cluster install: stage ------------------------------------------------------------
+
+@task(help={
+    **_SETTING_HELP,
+    "mirror": "stage from this mirror directory (with a manifest.json, e.g. .cache/mirror "
+    "from `python -m sparkfab.localcloud.mirror`); default: download from the origins "
+    "(Apache, Maven Central, PyPI) into .cache/artifacts, verified",
+    "python": "the nodes' Python version the wheelhouse is built for (default: this one)",
+}, auto_shortflags=False)
+def stage(c, mirror=None, python=None, cluster=None, region=None, config=None):
+    """Copy Spark, the s3a jars, the Python installer and the job's wheels into the bucket once."""
+    from pathlib import Path
+
+    from sparkfab import staging
+    from sparkfab.artifacts import Mirror
+
+    with _user_errors():
+        settings = _aws_settings(config, cluster=cluster, region=region)
+        settings = for_existing_cluster(settings, print)
+        bucket = staging.bucket_for(settings)
+        source = (Mirror.load(Path(mirror)) if mirror else
+                  staging.from_origins(python_env=settings.python_env, python_version=python))
+        aws = AwsSession(settings)
+        with aws_errors(aws.region, f"staging artifacts into {bucket}"):
+            staging.stage_cluster(aws.client("s3"), bucket, source)
+
 
 # ---- on the cluster: upload-data / ui / logs / ssh -------------------------------------
 
