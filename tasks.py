@@ -216,7 +216,8 @@ def teardown(c, cluster=None, region=None, yes=False, delete_bucket=False, confi
     "mirror": "stage from this mirror directory (with a manifest.json, e.g. .cache/mirror "
     "from `python -m sparkfab.localcloud.mirror`); default: download from the origins "
     "(Apache, Maven Central, PyPI) into .cache/artifacts, verified",
-    "python": "the nodes' Python version the wheelhouse is built for (default: this one)",
+    "python": "the nodes' Python version the wheelhouse is built for (default: the "
+    "node_python setting, 3.12 for Ubuntu 24.04)",
 }, auto_shortflags=False)
 def stage(c, mirror=None, python=None, cluster=None, region=None, config=None):
     """Copy Spark, the s3a jars, the Python installer and the job's wheels into the bucket once."""
@@ -230,7 +231,8 @@ def stage(c, mirror=None, python=None, cluster=None, region=None, config=None):
         settings = for_existing_cluster(settings, print)
         bucket = staging.bucket_for(settings)
         source = (Mirror.load(Path(mirror)) if mirror else
-                  staging.from_origins(python_env=settings.python_env, python_version=python))
+                  staging.from_origins(python_env=settings.python_env,
+                                       python_version=python or settings.node_python))
         aws = AwsSession(settings)
         with aws_errors(aws.region, f"staging artifacts into {bucket}"):
             staging.stage_cluster(aws.client("s3"), bucket, source)

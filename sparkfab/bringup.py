@@ -28,7 +28,8 @@ def _from_bucket(s3: Any, bucket: str, settings: Any, say: Say) -> Mirror:
     if mirror is None:
         say(f"bucket {bucket} holds no staged artifacts yet: fetching them from their "
             "origins and staging them (once per bucket; `fab stage` does this ahead)")
-        source = staging.from_origins(python_env=settings.python_env, say=say)
+        source = staging.from_origins(python_env=settings.python_env,
+                                      python_version=settings.node_python, say=say)
         staging.stage_cluster(s3, bucket, source, say)
         mirror = staging.staged_mirror(s3, bucket)
         if mirror is None:  # pragma: no cover - stage_cluster writes it

@@ -100,6 +100,10 @@ class Settings:
         "subnet to launch into; unset: AWS picks one of the VPC's default subnets"))
     python_env: str = field(default="venv", metadata=_doc(
         "Python environment on the nodes: venv or conda"))
+    node_python: str = field(default="3.12", metadata=_doc(
+        "the nodes' Python (major.minor) the job's wheels are staged for; 3.12 is the python3 "
+        "of Ubuntu 24.04 LTS, the default AMI (with python_env: conda, the Python conda "
+        "installs)"))
     artifact_source: str = field(default="bucket", metadata=_doc(
         "where nodes download Spark/jars/wheels: 'bucket' (staged into the cluster "
         "bucket) or a mirror base URL"))
@@ -368,6 +372,9 @@ def validate(s: Settings) -> list[tuple[str, str, str]]:
     if s.subnet_id is not None and not _SUBNET.match(s.subnet_id):
         bad("subnet_id", f"subnet_id {s.subnet_id!r} is not a subnet id",
             "e.g. subnet-0123456789abcdef0")
+    if not re.match(r"^3\.\d{1,2}$", s.node_python):
+        bad("node_python", f"node_python {s.node_python!r} is not a Python version like 3.12",
+            "the python3 version of the nodes' image (Ubuntu 24.04: 3.12)")
     if s.python_env not in PYTHON_ENVS:
         bad("python_env", f"python_env {s.python_env!r} is not one of {', '.join(PYTHON_ENVS)}",
             "venv (default) or conda")

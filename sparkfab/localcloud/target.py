@@ -278,6 +278,8 @@ def settings_for(info: CloudInfo, placement: Placement, public_key: Path) -> dic
         # No public addresses here: SSH to the private IPs, as a user behind a VPN does.
         "ssh_address": "private",
         "ssh_user": "root",
+        # The hosts run this machine's python3, which the mirror's wheelhouse is built for.
+        "node_python": "{}.{}".format(*sys.version_info[:2]),
         "public_key_path": str(public_key),
         # The operator is the bridge: its address is the subnet's first.
         "operator_cidr": info.subnet,

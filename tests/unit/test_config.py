@@ -72,6 +72,7 @@ def test_a_non_eu_region_is_refused_naming_where_it_came_from() -> None:
     ({"max_lifetime_hours": 0}, "max_lifetime_hours"),
     ({"tags": {"sparkfab:cluster": "x"}}, "reserved"),
     ({"python_env": "pipenv"}, "python_env"),
+    ({"node_python": "python3"}, "not a Python version"),
     ({"artifact_source": "ftp://x"}, "artifact_source"),
     ({"ami": "ubuntu"}, "not an AMI id"),
 ])
