@@ -99,13 +99,13 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         config = export.split("=", 1)[1]
         env["SPARKFAB_CONFIG"] = config
         cloud.settings = yaml.safe_load(Path(config).read_text())
-        print(f"\nlocal-cloud-up: {seconds:.0f}s (staging included)")
+        print(f"\nfigure: local-cloud-up: {seconds:.0f}s (staging included)")
         yield cloud
     finally:
         down, seconds = cloud.fab("local-cloud-down", "--prefix", PREFIX_E)
         if down.returncode != 0:  # still remove everything, then fail
             target.down(PREFIX_E, root=CLOUD_ROOT)
-        print(f"\nlocal-cloud-down: {seconds:.0f}s")
+        print(f"\nfigure: local-cloud-down: {seconds:.0f}s")
         _ok(down, "fab local-cloud-down")
         assert _namespaces() == []
         assert not netns.link_exists(netns.Names(PREFIX_E).bridge)
@@ -219,7 +219,7 @@ def test_provision_run_job_teardown_as_a_user_types_them(
     out, times["teardown"] = cloud.fab("teardown", "--yes")
     _ok(out, "fab teardown --yes")
     _check_nothing_left(cloud)
-    print(f"\nrun {run}: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+    print(f"\nfigure: run {run}: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
 
 
 def _print_times() -> None:

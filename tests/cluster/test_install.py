@@ -90,7 +90,7 @@ def cluster(local_cloud: LocalCloud, ssh_keypair: Keypair, staged_artifacts: Any
     t0 = time.monotonic()
     c.times.reports["first"] = c.install()
     c.times.first = time.monotonic() - t0
-    print(f"\nfirst install, master + 2 workers: {c.times.first:.1f}s")
+    print(f"\nfigure: first install, master + 2 workers: {c.times.first:.1f}s")
     yield c
 
 
@@ -193,7 +193,7 @@ def test_reinstall_changes_nothing_and_takes_under_a_fifth_of_the_first(
     cluster.times.again = time.monotonic() - t0
     with cluster.remote() as remote:
         after = {n.name: spark.daemon_pid(remote, n) for n in cluster.inv.nodes}
-    print(f"\nre-install: {cluster.times.again:.1f}s = "
+    print(f"\nfigure: re-install: {cluster.times.again:.1f}s = "
           f"{cluster.times.again / cluster.times.first:.1%} of the first "
           f"({cluster.times.first:.1f}s)")
     assert report.changed() == {}
@@ -229,7 +229,8 @@ def test_two_workers_install_in_under_1_5x_the_time_of_one(
     report = cluster.install()
     cluster.times.two_workers = time.monotonic() - t0
     ratio = cluster.times.two_workers / cluster.times.one_worker
-    print(f"\nfresh workers on an installed master: 1 worker {cluster.times.one_worker:.1f}s, "
+    print("\nfigure: fresh workers on an installed master: "
+          f"1 worker {cluster.times.one_worker:.1f}s, "
           f"2 workers {cluster.times.two_workers:.1f}s, ratio {ratio:.2f}")
     assert set(report.workers) == {n.private_ip for n in inv.workers}
     assert ratio < 1.5

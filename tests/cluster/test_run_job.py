@@ -101,7 +101,7 @@ def test_run_job_featurizes_and_reduces_via_s3a_on_both_workers(
     out = io.StringIO()
     t0 = time.monotonic()
     result = run(local_cloud, cluster, images, f"s3://{BUCKET}/runs/r1", out)
-    print(f"\nrun-job on the local cloud: {time.monotonic() - t0:.0f}s")
+    print(f"\nfigure: run-job on the local cloud: {time.monotonic() - t0:.0f}s")
     counts = result.manifest["counts"]
     assert (counts["input"], counts["ok"], counts["failed"]) == (3 * PER_CLASS, 3 * PER_CLASS, 0)
     assert result.manifest["pca"]["k"] == 3

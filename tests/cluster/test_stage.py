@@ -37,7 +37,8 @@ def test_stage_copies_every_artifact_once(
     again = artifacts.stage(s3, staged.bucket, mirror, progress=lambda m: None)
     seconds = time.monotonic() - t0
     total = sum(f.size for f in mirror.files) / 1e6
-    print(f"\nstage {total:.0f} MB into moto: first {staged.seconds:.1f}s, again {seconds:.2f}s")
+    print(f"\nfigure: stage {total:.0f} MB into moto: first {staged.seconds:.1f}s, "
+          f"again {seconds:.2f}s")
     assert again.uploaded == [] and set(again.skipped) == names
     assert seconds < 5
 
