@@ -229,6 +229,7 @@ class LocalCloud:
         try:
             proc = subprocess.Popen(
                 [
+                    *_one_core(offset),
                     "ip",
                     "netns",
                     "exec",
@@ -393,6 +394,18 @@ MaxStartups 50:30:100
 MaxSessions 50
 """
     )
+
+
+def _one_core(offset: int) -> list[str]:
+    """`taskset` argv that keeps a host (its sshd and all it starts) on one of this
+    machine's cores, round robin by address. An instance has cores of its own: without
+    this, every node's install or executor competes for all the machine's cores, and
+    what one node's work costs next to two nodes' (the issue's 1 vs 2 workers) says
+    nothing about a real cluster. Nothing is pinned on a one-core machine."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2 or shutil.which("taskset") is None:
+        return []
+    return ["taskset", "--cpu-list", str(cores[offset % len(cores)])]
 
 
 def _boot_script(node: Path) -> str:
