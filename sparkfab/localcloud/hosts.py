@@ -225,6 +225,9 @@ class LocalCloud:
             self.names.veth_inner_tmp(offset),
             ipaddress.IPv4Interface(f"{ip}/{self.subnet.prefixlen}"),
         )
+        # A host re-made at an address (a re-launched instance) has a new MAC: drop the old
+        # neighbour entry, or connections wait for it to go stale first.
+        subprocess.run(["ip", "neigh", "flush", "to", ip], capture_output=True, check=False)
         log = open(node / "sshd.log", "ab")  # noqa: SIM115 (handed to the child)
         try:
             proc = subprocess.Popen(
