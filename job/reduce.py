@@ -44,29 +44,30 @@ def pca(df: Any, k: int | None, variance: float | None, dim: int) -> PcaResult:
     """Centre the `features` column and project it on its top principal components.
 
     pyspark.ml's PCAModel.transform does not subtract the mean, so the features are centred
-    first (StandardScaler, mean only): the scores are then true PCA scores around 0. With a
-    variance target the first fit keeps every component to read the whole spectrum, and
-    the second keeps k; each fit is one pass over the (persisted) features.
+    first (StandardScaler, mean only): the scores are then true PCA scores around 0.
+
+    One fit only. Spark's fit always takes the full SVD of the dim x dim covariance, so
+    with a variance target the fit keeps every component (the whole spectrum, to choose
+    k) and the projection keeps the first k of them: a second fit at k would repeat the
+    covariance pass and the SVD for the same numbers.
     """
     from pyspark.ml.feature import PCA, StandardScaler
     from pyspark.ml.functions import array_to_vector, vector_to_array
+    from pyspark.sql import functions as F
 
     vec = df.withColumn("_fvec", array_to_vector("features"))
     scaler = StandardScaler(inputCol="_fvec", outputCol="_centred", withMean=True,
                             withStd=False).fit(vec)
     centred = scaler.transform(vec)
-
-    def fit(n: int) -> Any:
-        return PCA(k=n, inputCol="_centred", outputCol="_pca").fit(centred)
-
+    model = PCA(k=dim if k is None else min(k, dim), inputCol="_centred",
+                outputCol="_pca").fit(centred)
+    spectrum = [float(v) for v in model.explainedVariance]
     if k is None:
         assert variance is not None
-        k = choose_k(list(fit(dim).explainedVariance.toArray()), variance)
-    model = fit(min(k, dim))
-    scores = (
-        model.transform(centred)
-        .withColumn("pca", vector_to_array("_pca"))
-        .drop("_fvec", "_centred", "_pca")
-    )
-    return PcaResult(k=model.getK(), explained=[float(v) for v in model.explainedVariance],
-                     scores=scores)
+        k = choose_k(spectrum, variance)
+    k = min(k, len(spectrum))
+    scores = model.transform(centred).withColumn("pca", vector_to_array("_pca"))
+    if k < len(spectrum):
+        scores = scores.withColumn("pca", F.slice("pca", 1, k))
+    return PcaResult(k=k, explained=spectrum[:k],
+                     scores=scores.drop("_fvec", "_centred", "_pca"))
