@@ -20,6 +20,7 @@ import platform
 import secrets
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -98,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    f"(default {DEFAULT_VARIANCE} when --k is not given)")
     parser.add_argument("--input-size", type=_input_size, default=224,
                         help="images are resized to this square size for the model")
-    parser.add_argument("--batch-size", type=_positive_int, default=64,
+    parser.add_argument("--batch-size", type=_positive_int,
+                        default=featurize.DEFAULT_BATCH_SIZE,
                         help="images per model call")
     parser.add_argument("--tf-threads", type=_positive_int, default=1,
                         help="TensorFlow intra-op threads per Python worker (one worker per "
@@ -153,6 +155,15 @@ def versions(spark: Any) -> dict[str, str]:
     }
 
 
+def lapack_implementation(spark: Any) -> str:
+    """Which LAPACK Spark ML uses for PCA's SVD: a native one (JNILAPACK) is ~7x faster."""
+    try:
+        jvm = spark.sparkContext._jvm
+        return str(jvm.dev.ludovic.netlib.lapack.LAPACK.getInstance().getClass().getSimpleName())
+    except Exception:  # an older or repackaged netlib: not worth failing a run for
+        return "unknown"
+
+
 def resolve_weights(spark: Any, spec: str, input_size: int) -> list[Any]:
     """Load the weights on the driver; a remote file is copied to a local temp file first."""
     if spec == featurize.WEIGHTS_RANDOM:
@@ -186,7 +197,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.perf_counter()
     timer = Timer()
-    spark = SparkSession.builder.appName(f"featurize_pca {args.run_id}").getOrCreate()
+    # Import TensorFlow (seconds of Python) while the JVM starts the SparkContext: the
+    # driver needs it next, to load the weights.
+    threading.Thread(target=featurize.import_keras, name="import-keras", daemon=True).start()
+    with timer.stage("spark_session"):
+        spark = SparkSession.builder.appName(f"featurize_pca {args.run_id}").getOrCreate()
     sc = spark.sparkContext
     for module in JOB_MODULES:
         sc.addPyFile(module.__file__)
@@ -213,6 +228,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             outputs.Store(spark, temp).delete()
 
 
+def _listed_bytes(files: Any) -> int:
+    """Total size of the files a binaryFile DataFrame lists, from its file index."""
+    try:
+        index = files._jdf.queryExecution().analyzed().relation().location()
+        return int(index.sizeInBytes())
+    except Exception:  # another plan shape (a future Spark): one aggregation instead
+        from pyspark.sql import functions as F
+
+        return int(files.agg(F.sum("length")).first()[0] or 0)
+
+
 def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[str, Any]:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -224,27 +250,17 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
             .option("recursiveFileLookup", "true")
             .load(args.input)
         )
-        listing = files.agg(
-            F.count(F.lit(1)).alias("files"),
-            F.count_if(F.col("path").rlike(images.IMAGE_PATH_REGEX)).alias("images"),
-            F.sum(F.when(F.col("path").rlike(images.IMAGE_PATH_REGEX), F.col("length")))
-            .alias("image_bytes"),
-        ).first()
-        n_files, n_images = int(listing["files"]), int(listing["images"])
-        image_bytes = int(listing["image_bytes"] or 0)
-        # Spark's scans drop zero-byte files, its file index does not: when the counts
-        # differ, a (slower, per file) listing names the empty ones, failures decided here.
-        empty: list[str] = []
-        if len(files.inputFiles()) != n_files:
-            listed = outputs.Store(spark, args.input).list_files()
-            empty = [p for p, size in listed if size == 0 and images.is_image_path(p)]
-            n_files = len(listed)
-            n_images += len(empty)
+        # From Spark's file index (built by load()): no Spark job, which would cost a
+        # few seconds of a short run. Zero-byte files are in the index but not in scans:
+        # the featurize counts below find them.
+        paths = files.inputFiles()
+        n_files = len(paths)
+        n_images = sum(1 for p in paths if images.is_image_path(p))
         n_skipped = n_files - n_images
         if n_images == 0:
             raise JobError(f"no .jpg/.jpeg/.png files under {args.input}"
                            + (f" ({n_skipped} other files skipped)" if n_skipped else ""))
-        avg_bytes = image_bytes // n_images
+        avg_bytes = _listed_bytes(files) // n_files
         files = files.where(F.col("path").rlike(images.IMAGE_PATH_REGEX))
         # Partitions of about --images-per-partition images (Spark still splits small
         # inputs across all cores); the model is built once per Python worker anyway.
@@ -256,35 +272,45 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
     with timer.stage("load_weights"):
         weights = resolve_weights(spark, args.weights, args.input_size)
         bc_weights = sc.broadcast(weights)
-        weights_bytes = sum(int(w.nbytes) for w in weights)
-        del weights
+    weights_bytes = sum(int(w.nbytes) for w in weights)
+    del weights
 
     builds = sc.accumulator(set(), featurize.SetAccumulator())
     udf = featurize.make_udf(bc_weights, args.input_size, args.batch_size, args.tf_threads,
                              builds)
-    source = files.select("path", "content")
+    source = files.select("path", "length", "content")
     partitions = source.rdd.getNumPartitions()
     featurized = (
         source.select(
             "path",
             F.element_at(F.split("path", "/"), -2).alias("label"),  # = images.label_of
+            "length",
             udf("content").alias("r"),
         )
-        .select("path", "label", "r.features", "r.error")
+        .select("path", "label", "length", "r.features", "r.error")
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     try:
         with timer.stage("featurize"):
-            by_status = {bool(r["ok"]): int(r["count"]) for r in
-                         featurized.groupBy(F.col("error").isNull().alias("ok")).count().collect()}
-            n_ok, n_failed = by_status.get(True, 0), by_status.get(False, 0) + len(empty)
+            by_status = {bool(r["ok"]): (int(r["n"]), int(r["bytes"] or 0)) for r in
+                         featurized.groupBy(F.col("error").isNull().alias("ok"))
+                         .agg(F.count(F.lit(1)).alias("n"), F.sum("length").alias("bytes"))
+                         .collect()}
+            n_ok, n_failed = by_status.get(True, (0, 0))[0], by_status.get(False, (0, 0))[0]
+            image_bytes = sum(b for _, b in by_status.values())
+            # Scans skip zero-byte files: the ones the index has and the scan did not see.
+            empty: list[str] = []
+            if n_ok + n_failed < n_images:
+                listed = outputs.Store(spark, args.input).list_files()
+                empty = [p for p, size in listed if size == 0 and images.is_image_path(p)]
+                n_failed += len(empty)
         if n_ok < 2:
             examples = "; ".join(f"{r['path']}: {r['error']}" for r in
                                  featurized.where("error IS NOT NULL").limit(3).collect())
             raise JobError(f"PCA needs at least 2 images that decode; {n_ok} of {n_images} "
                            f"did (e.g. {examples})")
         with timer.stage("pca"):
-            result = reduce.pca(featurized.where("error IS NULL").drop("error"),
+            result = reduce.pca(featurized.where("error IS NULL").drop("error", "length"),
                                 args.k, args.variance if args.k is None else None,
                                 featurize.FEATURE_DIM)
             scores = result.scores.persist(StorageLevel.MEMORY_AND_DISK)
@@ -297,12 +323,16 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
                 scores.select("path", "label",
                               *[F.col("pca")[i].alias(name) for i, name in enumerate(pcs)]),
                 store, outputs.CSV_MATRIX, ["path", "label", *pcs])
-            errors = featurized.where("error IS NOT NULL").select(
-                "path", F.col("error").alias("reason"))
-            if empty:
-                errors = errors.unionByName(spark.createDataFrame(
-                    [(p, images.EMPTY_FILE_REASON) for p in empty], "path string, reason string"))
-            outputs.write_single_csv(errors, store, outputs.ERRORS, ["path", "reason"])
+            if n_failed == 0:  # the usual case: a header, and no Spark job to say so
+                outputs.write_csv_header(store, outputs.ERRORS, ["path", "reason"])
+            else:
+                errors = featurized.where("error IS NOT NULL").select(
+                    "path", F.col("error").alias("reason"))
+                if empty:
+                    errors = errors.unionByName(spark.createDataFrame(
+                        [(p, images.EMPTY_FILE_REASON) for p in empty],
+                        "path string, reason string"))
+                outputs.write_single_csv(errors, store, outputs.ERRORS, ["path", "reason"])
         with timer.stage("plots"):
             fraction = min(1.0, outputs.MAX_SCATTER_POINTS / n_ok)
             sample = scores if fraction >= 1.0 else scores.sample(fraction=fraction, seed=7)
@@ -334,7 +364,7 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
                     "broadcast_bytes": weights_bytes,
                     "executor_model_builds": sorted(builds.value)},
         "spark": {"master": sc.master, "default_parallelism": sc.defaultParallelism,
-                  "input_partitions": partitions},
+                  "input_partitions": partitions, "lapack": lapack_implementation(spark)},
         "settings": vars(args),
         "versions": versions(spark),
         "files": [outputs.PARQUET, outputs.CSV_MATRIX, outputs.ERRORS, outputs.MANIFEST,

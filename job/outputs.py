@@ -136,8 +136,12 @@ def write_single_csv(df: Any, store: Store, name: str, header: list[str]) -> Non
     if parts:
         store.rename(store.uri(scratch, parts[0]), store.uri(name))
     else:  # no rows: Spark writes no part file, so write the header alone
-        store.write_bytes(name, (",".join(header) + "\n").encode())
+        write_csv_header(store, name, header)
     store.delete(scratch)
+
+
+def write_csv_header(store: Store, name: str, header: list[str]) -> None:
+    store.write_bytes(name, (",".join(header) + "\n").encode())
 
 
 def scatter_png(points: list[tuple[str, float, float]], title: str) -> bytes:
