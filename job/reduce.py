@@ -48,26 +48,63 @@ def pca(df: Any, k: int | None, variance: float | None, dim: int) -> PcaResult:
 
     One fit only. Spark's fit always takes the full SVD of the dim x dim covariance, so
     with a variance target the fit keeps every component (the whole spectrum, to choose
-    k) and the projection keeps the first k of them: a second fit at k would repeat the
-    covariance pass and the SVD for the same numbers.
+    k) and is then cut to its first k components: the same numbers a second fit at k
+    would give, without its covariance pass and SVD. The cut matters: a dim x dim model
+    rides in every task of every job that projects (13 MB at dim 1280).
     """
     from pyspark.ml.feature import PCA, StandardScaler
     from pyspark.ml.functions import array_to_vector, vector_to_array
-    from pyspark.sql import functions as F
 
     vec = df.withColumn("_fvec", array_to_vector("features"))
     scaler = StandardScaler(inputCol="_fvec", outputCol="_centred", withMean=True,
                             withStd=False).fit(vec)
     centred = scaler.transform(vec)
-    model = PCA(k=dim if k is None else min(k, dim), inputCol="_centred",
-                outputCol="_pca").fit(centred)
-    spectrum = [float(v) for v in model.explainedVariance]
+
+    def fit(n: int) -> Any:
+        return PCA(k=n, inputCol="_centred", outputCol="_pca").fit(centred)
+
     if k is None:
         assert variance is not None
-        k = choose_k(spectrum, variance)
-    k = min(k, len(spectrum))
-    scores = model.transform(centred).withColumn("pca", vector_to_array("_pca"))
-    if k < len(spectrum):
-        scores = scores.withColumn("pca", F.slice("pca", 1, k))
-    return PcaResult(k=k, explained=spectrum[:k],
-                     scores=scores.drop("_fvec", "_centred", "_pca"))
+        model = fit(dim)
+        k = choose_k([float(v) for v in model.explainedVariance], variance)
+        if k < dim:
+            model = _first_components(model, k) or fit(k)
+    else:
+        model = fit(min(k, dim))
+    scores = (
+        model.transform(centred)
+        .withColumn("pca", vector_to_array("_pca"))
+        .drop("_fvec", "_centred", "_pca")
+    )
+    explained = [float(v) for v in model.explainedVariance]
+    return PcaResult(k=len(explained), explained=explained, scores=scores)
+
+
+def _first_components(model: Any, k: int) -> Any | None:
+    """The fitted PCAModel cut to its first k components; None where Spark won't allow it.
+
+    Spark keeps the components column-major (dim x K), so the first k are a prefix of its
+    values; the model is rebuilt in the JVM through its (package-private) constructor.
+    """
+    from pyspark import SparkContext
+    from pyspark.ml.feature import PCAModel
+
+    try:
+        jvm = SparkContext._active_spark_context._jvm  # type: ignore[union-attr]
+        java = model._java_obj
+        pc, ev = java.pc(), java.explainedVariance()
+        if pc.isTransposed():
+            return None
+        linalg, arrays, dim = jvm.org.apache.spark.ml.linalg, jvm.java.util.Arrays, pc.numRows()
+        cut = jvm.org.apache.spark.ml.feature.PCAModel(
+            java.uid(),
+            linalg.DenseMatrix(dim, k, arrays.copyOfRange(pc.values(), 0, dim * k)),
+            linalg.DenseVector(arrays.copyOfRange(ev.values(), 0, k)),
+        )
+        cut.setInputCol(java.getInputCol()).setOutputCol(java.getOutputCol())
+        result = PCAModel(cut)
+        result._transfer_params_from_java()
+        result._set(k=k)  # pushed to the JVM model by transform(), which checks it
+        return result
+    except Exception:  # a Spark whose PCAModel differs: the caller fits again instead
+        return None
