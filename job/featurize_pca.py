@@ -310,8 +310,12 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
             raise JobError(f"PCA needs at least 2 images that decode; {n_ok} of {n_images} "
                            f"did (e.g. {examples})")
         with timer.stage("pca"):
-            result = reduce.pca(featurized.where("error IS NULL").drop("error", "length"),
-                                args.k, args.variance if args.k is None else None,
+            good = featurized.where("error IS NULL").drop("error", "length")
+            # The partitions were sized for the model (a few hundred images each); PCA and
+            # the writes are short passes whose cost is per task: one partition per core.
+            if partitions > sc.defaultParallelism:
+                good = good.coalesce(sc.defaultParallelism)
+            result = reduce.pca(good, args.k, args.variance if args.k is None else None,
                                 featurize.FEATURE_DIM)
             scores = result.scores.persist(StorageLevel.MEMORY_AND_DISK)
         store = outputs.Store(spark, temp)
