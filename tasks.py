@@ -40,7 +40,7 @@ _JOB_HELP = {
     "k": "number of principal components (default: smallest k reaching --variance)",
     "variance": "explained-variance target for choosing k (default 0.95)",
     "input_size": "model input size in pixels (default 224)",
-    "batch_size": "images per model call (default 64)",
+    "batch_size": "images per model call (default 16)",
     "tf_threads": "TensorFlow threads per Python worker (default 1)",
     "images_per_partition": "target images per Spark task (default 256)",
     "cores": "local mode: cores to use (default: all)",

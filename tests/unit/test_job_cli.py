@@ -116,3 +116,18 @@ def test_local_spark_binds_loopback_only_and_uses_this_python() -> None:
     assert cmd[-10:] == ["--input", "/i", "--output", "/o/r", "--weights", "random",
                          "--k", "4", "--run-id", "r"]
     assert localjob.local_env()["PYSPARK_PYTHON"] == sys.executable
+
+
+def test_fab_run_job_help_states_the_jobs_own_defaults() -> None:
+    """tasks.py cannot import the job (seconds of NumPy/pandas on every `fab`): the
+    defaults its help quotes are checked here against the job's parser instead."""
+    import tasks
+
+    defaults = {a.dest: a.default for a in featurize_pca.build_parser()._actions}
+    quoted = {dest: re.search(r"\(default ([0-9.]+)\)", text)
+              for dest, text in tasks._JOB_HELP.items()}
+    checked = {dest: m.group(1) for dest, m in quoted.items() if m and dest in defaults}
+    assert {"input_size", "batch_size", "tf_threads", "images_per_partition"} <= set(checked)
+    for dest, value in checked.items():
+        job = defaults[dest] if defaults[dest] is not None else featurize_pca.DEFAULT_VARIANCE
+        assert float(value) == float(job), f"--{dest}: fab says {value}, the job {job}"
