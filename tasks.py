@@ -209,6 +209,7 @@ def teardown(c, cluster=None, region=None, yes=False, delete_bucket=False, confi
                 return
         teardown_cluster(aws, plan, say)
 
+
 # ---- cluster install: stage ------------------------------------------------------------
 
 @task(help={

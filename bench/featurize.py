@@ -71,7 +71,7 @@ def job(folder: Path, size: int, batch: int, cores: int, weights_file: Path) -> 
     timings = manifest["timings_s"]
     ok, seconds = manifest["counts"]["ok"], timings["total"] - timings["spark_session"]
     return {"images": ok, "seconds": seconds, "rate": ok / seconds, "wall_rate": ok / wall,
-            "stages": manifest["timings_s"], "partitions": manifest["spark"]["input_partitions"],
+            "stages": timings, "partitions": manifest["spark"]["input_partitions"],
             "lapack": manifest["spark"].get("lapack")}
 
 
@@ -80,8 +80,7 @@ def seed(folder: Path, cores: int, weights_file: Path) -> dict:
     out = WORKDIR / "seed-out"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [str(localjob.spark_submit()), "--master", f"local[{cores}]", "--driver-memory", "2g",
-           "--conf", "spark.driver.bindAddress=127.0.0.1", "--conf", "spark.driver.host=127.0.0.1",
-           "--conf", "spark.ui.enabled=false", "--conf", "spark.log.level=WARN",
+           *localjob.conf_args(localjob.LOCAL_SPARK_CONF),
            str(REPO / "bench" / "seed_pattern.py"), str(folder), str(out), str(weights_file)]
     proc = subprocess.run(cmd, env=localjob.local_env(), stdout=subprocess.PIPE, text=True,
                           check=True)

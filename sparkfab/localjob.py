@@ -67,23 +67,31 @@ def spark_submit() -> Path:
     return Path(pyspark.__file__).parent / "bin" / "spark-submit"
 
 
+# Local mode on an operator's machine: nothing listens beyond loopback, no UI port at all.
+LOCAL_SPARK_CONF = {
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.driver.host": "127.0.0.1",
+    "spark.ui.enabled": "false",
+    "spark.log.level": "WARN",
+}
+
+
+def conf_args(conf: dict[str, str]) -> list[str]:
+    """spark-submit's `--conf key=value` arguments."""
+    return [arg for key, value in conf.items() for arg in ("--conf", f"{key}={value}")]
+
+
 def local_command(opts: JobOptions, cores: int | None = None, driver_memory: str = "2g",
                   extra_conf: dict[str, str] | None = None) -> list[str]:
     master = f"local[{cores}]" if cores else "local[*]"
     conf = {
-        # Nothing listens beyond loopback, and no UI port at all, on an operator's machine.
-        "spark.driver.bindAddress": "127.0.0.1",
-        "spark.driver.host": "127.0.0.1",
-        "spark.ui.enabled": "false",
+        **LOCAL_SPARK_CONF,
         # The model is kept per Python worker across tasks: workers must be reused.
         "spark.python.worker.reuse": "true",
-        "spark.log.level": "WARN",
         **(extra_conf or {}),
     }
-    cmd = [str(spark_submit()), "--master", master, "--driver-memory", driver_memory]
-    for key, value in conf.items():
-        cmd += ["--conf", f"{key}={value}"]
-    return cmd + [str(JOB_ENTRY), *opts.to_args()]
+    return [str(spark_submit()), "--master", master, "--driver-memory", driver_memory,
+            *conf_args(conf), str(JOB_ENTRY), *opts.to_args()]
 
 
 def local_env() -> dict[str, str]:

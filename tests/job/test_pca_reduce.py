@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import reduce
@@ -13,17 +11,22 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def spark():
-    from sparkfab.localjob import local_env
-
-    # This venv's Java and Python for the driver and its workers, as `fab run-job` uses.
-    os.environ.update({k: v for k, v in local_env().items() if k.startswith(("JAVA", "PYSPARK"))})
     from pyspark.sql import SparkSession
 
-    session = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
-               .config("spark.driver.bindAddress", "127.0.0.1")
-               .config("spark.driver.host", "127.0.0.1").getOrCreate())
-    yield session
-    session.stop()
+    from sparkfab.localjob import LOCAL_SPARK_CONF, local_env
+
+    # This venv's Java and Python for the driver and its workers, as `fab run-job` uses;
+    # restored afterwards, so no other test runs with them by accident.
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in local_env().items():
+            if key.startswith(("JAVA", "PYSPARK")):
+                env.setenv(key, value)
+        builder = SparkSession.builder.master("local[2]")
+        for key, value in LOCAL_SPARK_CONF.items():
+            builder = builder.config(key, value)
+        session = builder.getOrCreate()
+        yield session
+        session.stop()
 
 
 def _matrix() -> np.ndarray:
