@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from botocore.exceptions import ClientError
 
@@ -121,6 +122,40 @@ def find_profiles(iam: Any, cluster: str) -> list[str]:
             if T.is_ours(prof.get("Tags"), cluster) or held & roles:
                 out.append(prof["InstanceProfileName"])
     return out
+
+
+def _allows_bucket(document: Any, bucket: str) -> bool:
+    """Whether a policy document allows anything on `bucket` or its objects."""
+    arn = f"arn:aws:s3:::{bucket}"
+    statements = document.get("Statement", []) if isinstance(document, dict) else []
+    for st in statements if isinstance(statements, list) else [statements]:
+        if st.get("Effect") != "Allow":
+            continue
+        resources = st.get("Resource", [])
+        for res in [resources] if isinstance(resources, str) else resources:
+            if res == arn or res.startswith(arn + "/"):
+                return True
+    return False
+
+
+def clusters_using_bucket(iam: Any, bucket: str, other_than: str) -> list[str]:
+    """The other sparkfab clusters whose node role may use `bucket`: while one exists, the
+    bucket is its data too, whichever cluster created it."""
+    users = set()
+    for page in iam.get_paginator("list_roles").paginate(PathPrefix=IAM_PATH):
+        for role in page["Roles"]:
+            name = role["RoleName"]
+            tags = T.as_dict(iam.list_role_tags(RoleName=name)["Tags"])
+            cluster = tags.get(T.TAG_CLUSTER)
+            if not cluster or cluster == other_than or not T.is_ours(tags, cluster):
+                continue
+            for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+                doc = iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
+                if isinstance(doc, str):
+                    doc = json.loads(unquote(doc))
+                if _allows_bucket(doc, bucket):
+                    users.add(cluster)
+    return sorted(users)
 
 
 def delete_profile(iam: Any, name: str) -> None:

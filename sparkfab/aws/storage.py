@@ -71,8 +71,15 @@ def ensure_bucket(s3: Any, bucket: str, region: str, cluster: str, versioning: b
             raise UserError(f"bucket {bucket} is in {where}, the cluster in {region}",
                             hint="use a bucket in the cluster's region (data stays in one EU "
                             "region), or unset bucket to get one made")
-        mine = T.is_ours(bucket_tags(s3, bucket), cluster)
-        say(f"bucket {bucket}: exists" + ("" if mine else " (yours: reused, never deleted)"))
+        tags = bucket_tags(s3, bucket)
+        creator = tags.get(T.TAG_CLUSTER) if tags.get(T.TAG_CREATED_BY) == T.CREATED_BY else None
+        if creator == cluster:
+            say(f"bucket {bucket}: exists")
+        elif creator:
+            say(f"bucket {bucket}: exists (created for cluster {creator}: shared; its teardown "
+                f"keeps it while cluster {cluster} exists)")
+        else:
+            say(f"bucket {bucket}: exists (yours: reused, never deleted)")
         return False
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
     s3.put_public_access_block(Bucket=bucket,

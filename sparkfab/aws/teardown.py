@@ -85,13 +85,25 @@ def plan(aws: AwsSession, delete_bucket: bool, bucket: str | None = None) -> Tea
                 continue
         except UserError:  # someone else's bucket: never ours to delete
             continue
-        ours = T.is_ours(storage.bucket_tags(s3, name), cluster)
-        if delete_bucket and ours:
+        tags = storage.bucket_tags(s3, name)
+        ours = T.is_ours(tags, cluster)
+        others = iam_mod.clusters_using_bucket(iam, name, cluster) if ours and delete_bucket \
+            else []
+        if delete_bucket and ours and not others:
             p.bucket = name
         else:
             p.kept_bucket = name
-            p.kept_reason = ("not created by sparkfab: never deleted" if not ours
-                             else "kept (add --delete-bucket to delete it and its data)")
+            creator = tags.get(T.TAG_CLUSTER) if tags.get(T.TAG_CREATED_BY) == T.CREATED_BY \
+                else None
+            if others:
+                p.kept_reason = (f"kept: cluster {', '.join(others)} uses it too (its node "
+                                 "role may read and write it); never deleted while it exists")
+            elif not ours:
+                p.kept_reason = (f"created by sparkfab for cluster {creator}, not this one: "
+                                 "not deleted here" if creator
+                                 else "not created by sparkfab: never deleted")
+            else:
+                p.kept_reason = "kept (add --delete-bucket to delete it and its data)"
         break
     return p
 
