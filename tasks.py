@@ -17,7 +17,7 @@ from fabric import task
 from invoke.exceptions import Exit
 
 from sparkfab import cluster as cluster_handles
-from sparkfab import nodelogs, ports, s3path, sshcli, transfer, tunnel
+from sparkfab import nodelogs, ports, s3path, shrink, sshcli, transfer, tunnel
 from sparkfab.aws.session import AwsSession, aws_errors
 from sparkfab.aws.status import cluster_status, format_status
 from sparkfab.config import Settings, load_settings
@@ -147,15 +147,20 @@ def _user_errors() -> Iterator[None]:
     "max_lifetime_hours": "nodes terminate themselves this many hours after boot",
     "install": "run the SSH install afterwards; --no-install stops once the instances run "
     "and the inventory is written",
+    "drain_timeout": "when --workers is below the current count: seconds to let the "
+    "surplus workers' executors finish their running tasks (Spark decommission) before "
+    f"their instances are terminated (default {shrink.DEFAULT_DRAIN_TIMEOUT_S:.0f}; 0 "
+    "terminates at once)",
 }, auto_shortflags=False)
 def provision(c, cluster=None, region=None, workers=None, master_instance_type=None,
               worker_instance_type=None, spot=False, on_demand=False, root_volume_gb=None,
               ami=None, operator_cidr=None, ssh_address=None, bucket=None,
-              max_lifetime_hours=None, install=True, config=None):
-    """Create (or complete) the cluster on AWS, write inventory/<cluster>.json, install Spark."""
+              max_lifetime_hours=None, install=True, drain_timeout=None, config=None):
+    """Create, complete or resize the cluster on AWS, write its inventory, install Spark."""
     with _user_errors():
         if spot and on_demand:
             raise UserError("--spot and --on-demand contradict each other", "give one")
+        drain_s = _seconds(drain_timeout, "--drain-timeout", shrink.DEFAULT_DRAIN_TIMEOUT_S)
         settings = _aws_settings(
             config, cluster=cluster, region=region, workers=workers,
             master_instance_type=master_instance_type,
@@ -164,7 +169,21 @@ def provision(c, cluster=None, region=None, workers=None, master_instance_type=N
             root_volume_gb=root_volume_gb, ami=ami, operator_cidr=operator_cidr,
             ssh_address=ssh_address, bucket=bucket, max_lifetime_hours=max_lifetime_hours)
         say = Reporter(settings.cluster)
-        provision_cluster(settings, say, install=install)
+        provision_cluster(settings, say, install=install, drain_timeout_s=drain_s)
+
+
+def _seconds(value: object, flag: str, default: float) -> float:
+    """A flag's non-negative number of seconds (the default when not given)."""
+    if value is None:
+        return default
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise UserError(f"{flag} must be a number of seconds, 0 or more, not {value!r}",
+                        f"e.g. {flag} {default:.0f}")
+    return seconds
 
 
 @task(help=_SETTING_HELP, auto_shortflags=False)

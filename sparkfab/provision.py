@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from sparkfab import inventory as inv_mod
+from sparkfab import shrink
 from sparkfab.aws import iam, instances, keys, network, storage
 from sparkfab.aws import tags as T
 from sparkfab.aws import teardown as td
@@ -57,6 +58,7 @@ class ProvisionResult:
     inventory: Inventory
     path: Path
     created: list[str] = field(default_factory=list)  # what this run created
+    removed: list[str] = field(default_factory=list)  # surplus workers this run removed
 
 
 def _iso(value: datetime | str) -> str:
@@ -80,8 +82,13 @@ def _node(inst: dict[str, object]) -> Node:
 
 
 def provision(settings: Settings, say: Say, *, install: bool = True,
-              directory: Path | None = None) -> ProvisionResult:
-    """Make the cluster exist (reusing what is there), write its inventory, then install."""
+              directory: Path | None = None,
+              drain_timeout_s: float = shrink.DEFAULT_DRAIN_TIMEOUT_S,
+              drain: shrink.Drain | None = None) -> ProvisionResult:
+    """Make the cluster exist (reusing what is there), write its inventory, then install.
+
+    Workers beyond `settings.workers` are drained, stopped and terminated (sparkfab.shrink;
+    `drain` replaces the SSH drain in tests)."""
     public_key = keys.read_public_key(settings.public_key_file)
     cidr = network.operator_cidr(settings)
     aws = AwsSession(settings)
@@ -122,11 +129,22 @@ def provision(settings: Settings, say: Say, *, install: bool = True,
         instances.check_architecture(
             ec2, image, {settings.master_instance_type, settings.worker_instance_type})
         say(f"AMI {image.image_id} ({image.architecture})")
-    with aws_errors(region, "launching instances"):
-        launched = instances.ensure_instances(ec2, settings, image, key_name, group_id,
-                                              placement.subnet_id, names.profile, say)
-        if launched:
-            created.append(f"{launched} instance(s)")
+    try:
+        with aws_errors(region, "launching instances"):
+            launched = instances.ensure_instances(ec2, settings, image, key_name, group_id,
+                                                  placement.subnet_id, names.profile, say)
+    except UserError as exc:
+        raise _with_what_runs(exc, ec2, settings.cluster) from exc
+    if launched:
+        created.append(f"{launched} instance(s)")
+    removed: list[str] = []
+    with aws_errors(region, "removing surplus workers"):
+        surplus = instances.surplus_workers(instances.find_instances(ec2, settings.cluster),
+                                            settings.workers)
+        if surplus:
+            removed = shrink.remove_workers(ec2, settings.cluster, surplus, settings.workers,
+                                            say, drain_timeout_s=drain_timeout_s,
+                                            drain=drain, directory=directory)
     with aws_errors(region, "waiting for the instances"):
         live = instances.find_instances(ec2, settings.cluster)
         instances.wait_ready(ec2, [i["InstanceId"] for i in live], say)
@@ -167,12 +185,31 @@ def provision(settings: Settings, say: Say, *, install: bool = True,
     say(f"inventory written: {path}")
     if created:
         say("created: " + "; ".join(created))
-    else:
+    if removed:
+        say(f"removed: {', '.join(removed)}; cluster {settings.cluster} now has "
+            f"{len(inv.workers)} worker(s)")
+    if not created and not removed:
         say(f"nothing new: cluster {settings.cluster} was already complete")
-    result = ProvisionResult(inv, path, created)
+    result = ProvisionResult(inv, path, created, removed)
     if install:
         run_install(inv, settings, say)
     return result
+
+
+def _with_what_runs(exc: UserError, ec2: Any, cluster: str) -> UserError:
+    """A launch failure that leaves instances running says so: they bill until removed."""
+    try:
+        live = instances.find_instances(ec2, cluster)
+    except Exception:  # the original error matters more than this extra line
+        return exc
+    if not live:
+        return exc
+    listed = ", ".join(f"{instances.name_of(i)} {i['InstanceId']}" for i in live)
+    return UserError(
+        f"{exc.message}; {len(live)} instance(s) of cluster {cluster} are running (and "
+        f"billing): {listed}",
+        hint="run `fab provision` again to complete the cluster (it reuses them), or "
+        "`fab teardown` to remove them" + (f"; {exc.hint}" if exc.hint else ""))
 
 
 def run_install(inv: Inventory, settings: Settings, say: Say) -> None:

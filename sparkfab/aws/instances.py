@@ -7,6 +7,7 @@ pair, security group and instance profile, and the cluster tags plus its role.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -33,6 +34,8 @@ WAIT_MAX_S = 900
 # consistent): run_instances is retried on that error only.
 PROFILE_RETRY_DELAY_S = 3.0
 PROFILE_RETRIES = 10
+
+_WORKER_NAME = re.compile(r"worker-([1-9][0-9]*)")
 
 Say = Callable[[str], None]
 
@@ -192,15 +195,13 @@ def ensure_instances(ec2: Any, settings: Settings, image: Image, key_name: str,
     else:
         say(f"master {master['InstanceId']}: exists ({master['State']['Name']})")
 
-    wanted = [f"worker-{n}" for n in range(1, settings.workers + 1)]
-    missing = [n for n in wanted if n not in by_name]
-    present = [n for n in by_name if n.startswith("worker-")]
+    present = [n for n in by_name if worker_number(n) is not None]
+    missing, surplus = plan_workers(present, settings.workers)
     if present:
         say(f"workers: {len(present)} exist")
-    extra = sorted(set(present) - set(wanted))
-    if extra:
-        say(f"note: {len(extra)} worker(s) beyond workers={settings.workers} keep running "
-            f"({', '.join(extra)}); `fab teardown` removes the whole cluster")
+    if surplus:
+        say(f"{len(surplus)} worker(s) beyond workers={settings.workers}: "
+            f"{', '.join(surplus)} (removed next)")
     if missing:
         kind = "spot" if settings.spot else "on-demand"
         say(f"launching {len(missing)} worker(s) ({settings.worker_instance_type}, {kind})")
@@ -211,6 +212,33 @@ def ensure_instances(ec2: Any, settings: Settings, image: Image, key_name: str,
              image, key_name, group_id, subnet_id, profile)
         launched += len(missing)
     return launched
+
+
+def worker_number(name: str) -> int | None:
+    """3 for "worker-3"; None for the master or a name sparkfab did not give."""
+    match = _WORKER_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def plan_workers(present: list[str], workers: int) -> tuple[list[str], list[str]]:
+    """(names to launch, names to remove) so that exactly `workers` workers remain.
+
+    The lowest-numbered workers are kept and the highest removed (the newest, usually);
+    new ones take the lowest free numbers, so a lost worker-1 is replaced as worker-1.
+    """
+    ordered = sorted(present, key=lambda n: worker_number(n) or 0)
+    surplus = ordered[workers:]
+    taken = {worker_number(n) for n in ordered}
+    free = (f"worker-{k}" for k in range(1, workers + len(taken) + 1) if k not in taken)
+    launch = [next(free) for _ in range(workers - len(ordered))]
+    return launch, surplus
+
+
+def surplus_workers(live: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
+    """The live worker instances beyond `workers` (see plan_workers), highest first."""
+    by_name = {name_of(i): i for i in live if worker_number(name_of(i)) is not None}
+    _, surplus = plan_workers(list(by_name), workers)
+    return [by_name[n] for n in reversed(surplus)]
 
 
 def find_by_name(ec2: Any, cluster: str, name: str) -> dict[str, Any]:

@@ -1,0 +1,198 @@
+"""Removing surplus workers: what `fab provision --workers N` does below the current count.
+
+Each surplus worker (the highest-numbered, see instances.plan_workers) is drained, its
+Spark worker stopped, then its instance terminated, and the inventory written without it.
+
+Draining uses Spark standalone's decommission (`spark.decommission.enabled`, set in
+spark-defaults.conf by the install): SIGPWR to the worker JVM makes it tell the master,
+which launches no new executor there and tells each application's driver; the driver
+stops giving those executors tasks, and each exits once its running tasks are done. The
+worker's own /json/ (read on the node, like the master's) lists its executors: drained
+means that list is empty. A worker installed before decommission was configured (SIGPWR
+would kill it) is instead waited on until its executors end with their applications.
+Either way there is a deadline: past it nothing is terminated and the user is told why.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sparkfab import inventory, ports
+from sparkfab.aws import instances
+from sparkfab.errors import UserError
+from sparkfab.inventory import Inventory, Node
+from sparkfab.layout import LAYOUT
+from sparkfab.remote import Remote
+from sparkfab.spark import stop_service
+
+DEFAULT_DRAIN_TIMEOUT_S = 600.0
+POLL_S = 2.0
+PROGRESS_EVERY_S = 30.0
+WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+DECOMMISSION_KEY = "spark.decommission.enabled"
+
+Say = Callable[[str], None]
+# drain(inventory, nodes): drain and stop the Spark workers of these nodes (over SSH).
+Drain = Callable[[Inventory, list[Node]], None]
+
+
+def worker_json_url(node: Node) -> str:
+    return f"http://{node.private_ip}:{ports.WORKER_UI}/json/"
+
+
+def decommission_command() -> str:
+    """SIGPWR to the node's worker JVM, only when its Spark config enables decommission
+    (without the handler SIGPWR would kill the JVM). Prints what it did."""
+    conf = shlex.quote(f"{LAYOUT.spark_conf}/spark-defaults.conf")
+    key = DECOMMISSION_KEY.replace(".", r"\.")
+    pattern = shlex.quote(f"^{key}[[:space:]]+true")
+    user = shlex.quote(LAYOUT.service_user)
+    jvm = shlex.quote(WORKER_CLASS.replace(".", r"\."))
+    return (f"if ! grep -Eq {pattern} {conf}; then echo no-decommission; "
+            f"elif pkill -PWR -u {user} -f {jvm}; then echo decommissioning; "
+            "else echo no-worker; fi")
+
+
+class Drainer:
+    """Drains and stops workers over SSH (the operator's Remote to the cluster)."""
+
+    def __init__(self, remote: Remote, say: Say, timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+                 poll_s: float = POLL_S) -> None:
+        self.remote = remote
+        self.say = say
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+
+    def executors(self, node: Node) -> list[str] | None:
+        """'app/executor' ids running on the node's worker; None when it does not answer."""
+        r = self.remote.run(node, f"curl -sf --max-time 5 {worker_json_url(node)}",
+                            step="drain", sudo=False, echo=False, timeout=30)
+        if r.error:  # SSH itself failed: the node cannot be drained
+            raise UserError(
+                f"{node.name} ({self.remote.inv.address(node)}): cannot reach it to drain its "
+                f"executors: {r.error}",
+                hint="nothing was terminated; if the node is broken, run the same command "
+                "with --drain-timeout 0 to terminate it without draining")
+        if not r.ok:
+            return None
+        try:
+            doc = json.loads(r.stdout)
+        except ValueError:
+            return None
+        return [f"{e.get('appid')}/{e.get('id')}" for e in doc.get("executors", [])]
+
+    def drain(self, node: Node) -> None:
+        """Until the node's worker runs no executor (decommissioned first when it can be)."""
+        running = self.executors(node)
+        if running is None:
+            self.say(f"{node.name}: its Spark worker does not answer (not running): nothing "
+                     "to drain")
+            return
+        how = self.remote.run(node, decommission_command(), step="drain", echo=False,
+                              timeout=30)
+        mode = how.stdout.strip() if how.ok else ""
+        apps = _apps(running)
+        if mode == "decommissioning":
+            self.say(f"{node.name}: decommissioned: no new executors go there; "
+                     + (f"waiting for {len(running)} executor(s) of {apps} to finish their "
+                        "running tasks" if running else "no executors were running"))
+        elif mode == "no-decommission":
+            self.say(f"{node.name}: its Spark config predates decommission (re-run the install "
+                     "to enable it); " + (f"waiting for {len(running)} executor(s) of {apps} "
+                                          "to end with their applications" if running else
+                                          "no executors running"))
+        else:
+            raise UserError(f"{node.name}: could not decommission its Spark worker: "
+                            + (" | ".join(how.tail) or mode or "no output"),
+                            hint="nothing was terminated; `fab logs` shows the worker's log")
+        start = time.monotonic()
+        next_note = start + PROGRESS_EVERY_S
+        while running:
+            waited = time.monotonic() - start
+            if waited > self.timeout_s:
+                raise UserError(
+                    f"{node.name} still runs {len(running)} executor(s) of {_apps(running)} "
+                    f"after {self.timeout_s:.0f}s of draining; nothing was terminated",
+                    hint="it takes no new executors now: run the same command again when "
+                    "the application is done, give --drain-timeout SECONDS to wait longer, "
+                    "or --drain-timeout 0 to terminate it now (its tasks then fail and are "
+                    "retried on the other workers)")
+            if time.monotonic() >= next_note:
+                self.say(f"{node.name}: still draining, {len(running)} executor(s) of "
+                         f"{_apps(running)} running ({waited:.0f}s of "
+                         f"{self.timeout_s:.0f}s)")
+                next_note += PROGRESS_EVERY_S
+            time.sleep(self.poll_s)
+            running = self.executors(node) or []
+        self.say(f"{node.name}: drained in {time.monotonic() - start:.0f}s")
+
+    def stop(self, node: Node) -> None:
+        r = stop_service(self.remote, node)
+        if not r.ok:
+            raise UserError(f"{node.name}: stopping its Spark worker failed: "
+                            + (" | ".join(r.tail) or r.error or f"exit {r.exit_code}"),
+                            hint="nothing was terminated; `fab ssh --node "
+                            f"{node.name}` and `sparkfab-service status spark-worker`")
+        self.say(f"{node.name}: Spark worker stopped")
+
+    def __call__(self, inv: Inventory, nodes: list[Node]) -> None:
+        for node in nodes:
+            self.drain(node)
+        for node in nodes:
+            self.stop(node)
+
+
+def _apps(executors: list[str]) -> str:
+    return ", ".join(sorted({e.split("/", 1)[0] for e in executors})) or "no application"
+
+
+def ssh_drain(say: Say, timeout_s: float, directory: Path | None = None) -> Drain:
+    """The real drain: over SSH, trusting only the cluster's recorded host keys."""
+
+    def drain(inv: Inventory, nodes: list[Node]) -> None:
+        with Remote(inv, known_hosts=inventory.known_hosts_path(inv.cluster, directory),
+                    out=say, boot_deadline_s=30.0) as remote:
+            Drainer(remote, say, timeout_s)(inv, nodes)
+
+    return drain
+
+
+def forget_host_keys(path: Path, addresses: set[str]) -> None:
+    """Drop the removed nodes' lines from the cluster's known_hosts (their IPs get reused)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if line.split(" ", 1)[0] not in addresses]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+
+
+def remove_workers(ec2: Any, cluster: str, surplus: list[dict[str, Any]], workers: int,
+                   say: Say, *, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+                   drain: Drain | None = None, directory: Path | None = None) -> list[str]:
+    """Drain, stop and terminate the surplus worker instances; 'name (id)' of each removed."""
+    labels = [f"{instances.name_of(i)} ({i['InstanceId']})" for i in surplus]
+    say(f"shrinking cluster {cluster} to {workers} worker(s): removing {', '.join(labels)}")
+    ids = {i["InstanceId"] for i in surplus}
+    inv = inventory.load(cluster, directory)
+    known_hosts = inventory.known_hosts_path(cluster, directory)
+    nodes = [n for n in inv.nodes if n.instance_id in ids] if inv else []
+    if drain_timeout_s <= 0:
+        say("not draining (--drain-timeout 0): executors there are killed; Spark retries "
+            "their tasks on the other workers")
+    elif not nodes or not known_hosts.is_file():
+        say("no Spark installed there by this inventory (no recorded host keys): nothing to "
+            "drain")
+    else:
+        (drain or ssh_drain(say, drain_timeout_s, directory))(inv, nodes)  # type: ignore[arg-type]
+    instances.terminate(ec2, sorted(ids), say)
+    forget_host_keys(known_hosts, {a for n in nodes for a in (n.private_ip, n.public_ip) if a})
+    for label in labels:
+        say(f"{label}: terminated")
+    return labels
