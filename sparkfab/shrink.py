@@ -32,9 +32,13 @@ from sparkfab.spark import stop_service
 
 DEFAULT_DRAIN_TIMEOUT_S = 600.0
 POLL_S = 2.0
+# The worker UI answers in well under a second; seconds when the node is busy.
+UI_TIMEOUT_S = 20
 PROGRESS_EVERY_S = 30.0
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 DECOMMISSION_KEY = "spark.decommission.enabled"
+
+UNKNOWN = ["unknown/?"]  # a running worker whose UI has not answered yet
 
 Say = Callable[[str], None]
 # drain(inventory, nodes): drain and stop the Spark workers of these nodes (over SSH).
@@ -58,6 +62,19 @@ def decommission_command() -> str:
             "else echo no-worker; fi")
 
 
+def worker_state_command(node: Node) -> str:
+    """Prints 'no-worker' when no worker JVM runs on the node, else the worker's /json/
+    (its executors), else nothing and fails."""
+    user = shlex.quote(LAYOUT.service_user)
+    jvm = shlex.quote(WORKER_CLASS.replace(".", r"\."))
+    return (f"if ! pgrep -u {user} -f {jvm} >/dev/null; then echo no-worker; "
+            f"else curl -sf --max-time {UI_TIMEOUT_S} {worker_json_url(node)}; fi")
+
+
+class NoAnswer(Exception):
+    """The worker runs but its UI did not answer in time."""
+
+
 class Drainer:
     """Drains and stops workers over SSH (the operator's Remote to the cluster)."""
 
@@ -69,42 +86,56 @@ class Drainer:
         self.poll_s = poll_s
 
     def executors(self, node: Node) -> list[str] | None:
-        """'app/executor' ids running on the node's worker; None when it does not answer."""
-        r = self.remote.run(node, f"curl -sf --max-time 5 {worker_json_url(node)}",
-                            step="drain", sudo=False, echo=False, timeout=30)
+        """'app/executor' ids running on the node's worker; None when no worker JVM runs
+        there. A worker that runs but whose UI does not answer (a loaded node) raises
+        NoAnswer: it may hold executors, so it is never taken for an idle one."""
+        r = self.remote.run(node, worker_state_command(node), step="drain", echo=False,
+                            timeout=60)
         if r.error:  # SSH itself failed: the node cannot be drained
             raise UserError(
                 f"{node.name} ({self.remote.inv.address(node)}): cannot reach it to drain its "
                 f"executors: {r.error}",
                 hint="nothing was terminated; if the node is broken, run the same command "
                 "with --drain-timeout 0 to terminate it without draining")
-        if not r.ok:
+        text = r.stdout.strip()
+        if r.ok and text == "no-worker":
             return None
         try:
-            doc = json.loads(r.stdout)
+            doc = json.loads(text) if r.ok else None
         except ValueError:
-            return None
+            doc = None
+        if not isinstance(doc, dict):
+            raise NoAnswer(f"{node.name}: its Spark worker runs but its UI did not answer: "
+                           + (" | ".join(r.tail) or text[-200:] or f"exit {r.exit_code}"))
         return [f"{e.get('appid')}/{e.get('id')}" for e in doc.get("executors", [])]
+
+    def _executors_or(self, node: Node, last: list[str]) -> list[str] | None:
+        try:
+            return self.executors(node)
+        except NoAnswer:
+            return last
 
     def drain(self, node: Node) -> None:
         """Until the node's worker runs no executor (decommissioned first when it can be)."""
-        running = self.executors(node)
+        try:
+            running = self.executors(node)
+        except NoAnswer as exc:
+            self.say(f"{exc}; retrying while draining")
+            running = list(UNKNOWN)  # drain as if it held executors
         if running is None:
-            self.say(f"{node.name}: its Spark worker does not answer (not running): nothing "
-                     "to drain")
+            self.say(f"{node.name}: no Spark worker runs there: nothing to drain")
             return
         how = self.remote.run(node, decommission_command(), step="drain", echo=False,
                               timeout=30)
         mode = how.stdout.strip() if how.ok else ""
-        apps = _apps(running)
         if mode == "decommissioning":
             self.say(f"{node.name}: decommissioned: no new executors go there; "
-                     + (f"waiting for {len(running)} executor(s) of {apps} to finish their "
-                        "running tasks" if running else "no executors were running"))
+                     + (f"waiting for {_describe(running)} to finish their running tasks"
+                        if running else "no executors were running"))
         elif mode == "no-decommission":
             self.say(f"{node.name}: its Spark config predates decommission (re-run the install "
-                     "to enable it); " + (f"waiting for {len(running)} executor(s) of {apps} "
-                                          "to end with their applications" if running else
+                     "to enable it); " + (f"waiting for {_describe(running)} to end with "
+                                          "their applications" if running else
                                           "no executors running"))
         else:
             raise UserError(f"{node.name}: could not decommission its Spark worker: "
@@ -116,19 +147,18 @@ class Drainer:
             waited = time.monotonic() - start
             if waited > self.timeout_s:
                 raise UserError(
-                    f"{node.name} still runs {len(running)} executor(s) of {_apps(running)} "
-                    f"after {self.timeout_s:.0f}s of draining; nothing was terminated",
+                    f"{node.name} still runs {_describe(running)} after "
+                    f"{self.timeout_s:.0f}s of draining; nothing was terminated",
                     hint="it takes no new executors now: run the same command again when "
                     "the application is done, give --drain-timeout SECONDS to wait longer, "
                     "or --drain-timeout 0 to terminate it now (its tasks then fail and are "
                     "retried on the other workers)")
             if time.monotonic() >= next_note:
-                self.say(f"{node.name}: still draining, {len(running)} executor(s) of "
-                         f"{_apps(running)} running ({waited:.0f}s of "
-                         f"{self.timeout_s:.0f}s)")
+                self.say(f"{node.name}: still draining, {_describe(running)} running "
+                         f"({waited:.0f}s of {self.timeout_s:.0f}s)")
                 next_note += PROGRESS_EVERY_S
             time.sleep(self.poll_s)
-            running = self.executors(node) or []
+            running = self._executors_or(node, running) or []
         self.say(f"{node.name}: drained in {time.monotonic() - start:.0f}s")
 
     def stop(self, node: Node) -> None:
@@ -147,8 +177,11 @@ class Drainer:
             self.stop(node)
 
 
-def _apps(executors: list[str]) -> str:
-    return ", ".join(sorted({e.split("/", 1)[0] for e in executors})) or "no application"
+def _describe(executors: list[str]) -> str:
+    if executors == UNKNOWN:
+        return "its executors (its UI has not answered yet)"
+    apps = ", ".join(sorted({e.split("/", 1)[0] for e in executors}))
+    return f"{len(executors)} executor(s) of {apps}"
 
 
 def ssh_drain(say: Say, timeout_s: float, directory: Path | None = None) -> Drain:

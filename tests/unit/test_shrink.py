@@ -125,25 +125,29 @@ def test_the_task_flag_takes_seconds_and_says_what_is_wrong(
 class ScriptedNode:
     """A Remote whose worker /json/ answers come from a list (the last one repeats)."""
 
-    def __init__(self, executors: list[list[str]], decommission: str = "decommissioning"
-                 ) -> None:
+    def __init__(self, executors: list[list[str] | None],
+                 decommission: str = "decommissioning") -> None:
         self.answers = iter(executors)
-        self.last: list[str] = []
+        self.last: list[str] | None = []
         self.decommission = decommission
         self.commands: list[str] = []
         self.inv = Inventory("demo", "eu-west-3", "ubuntu", ssh_address="private")
 
-    def _json(self) -> str:
+    def _state(self, node: Node) -> StepResult:
         self.last = next(self.answers, self.last)
-        return json.dumps({"executors": [{"appid": e.split("/")[0], "id": int(e.split("/")[1])}
-                                        for e in self.last]})
+        if self.last is None:
+            return StepResult(node.name, "drain", True, 0, stdout="no-worker\n")
+        if self.last == ["busy"]:  # the worker runs, its UI times out
+            return StepResult(node.name, "drain", False, 20, exit_code=28)
+        return StepResult(node.name, "drain", True, 0, stdout=json.dumps({"executors": [
+            {"appid": e.split("/")[0], "id": int(e.split("/")[1])} for e in self.last]}))
 
     def run(self, node: Node, command: str, **kw: Any) -> StepResult:
         self.commands.append(command)
-        if command.startswith("curl"):
-            return StepResult(node.name, "drain", True, 0, stdout=self._json())
         if "pkill -PWR" in command:
             return StepResult(node.name, "drain", True, 0, stdout=self.decommission + "\n")
+        if "pgrep" in command:
+            return self._state(node)
         return StepResult(node.name, kw.get("step", ""), True, 0)
 
 
@@ -154,8 +158,7 @@ def test_drainer_decommissions_then_waits_for_the_executors(monkeypatch) -> None
     remote = ScriptedNode([["app-1/0", "app-2/3"], ["app-1/0"], []])
     said: list[str] = []
     shrink.Drainer(remote, said.append, timeout_s=60, poll_s=0)(remote.inv, [NODE])  # type: ignore[arg-type]
-    kinds = [c.split()[0] if not c.startswith("if") else "decommission" for c in remote.commands]
-    assert kinds[:2] == ["curl", "decommission"]
+    assert "pkill -PWR" not in remote.commands[0] and "pkill -PWR" in remote.commands[1]
     assert f"http://{NODE.private_ip}:8081/json/" in remote.commands[0]
     assert "stop spark-worker" in remote.commands[-1]
     text = "\n".join(said)
@@ -186,3 +189,22 @@ def test_the_decommission_command_signals_only_the_worker_jvm() -> None:
     cmd = shrink.decommission_command()
     assert "pkill -PWR -u spark -f 'org\\.apache\\.spark\\.deploy\\.worker\\.Worker'" in cmd
     assert "'^spark\\.decommission\\.enabled[[:space:]]+true' /opt/spark/conf/" in cmd
+
+
+def test_a_worker_whose_ui_does_not_answer_is_never_taken_for_an_idle_one() -> None:
+    remote = ScriptedNode([["busy"], ["busy"], ["app-3/0"], []])
+    said: list[str] = []
+    shrink.Drainer(remote, said.append, timeout_s=60, poll_s=0)(remote.inv, [NODE])  # type: ignore[arg-type]
+    assert "pkill -PWR" in remote.commands[1], "decommissioned although the UI was silent"
+    assert sum("pgrep" in c for c in remote.commands) == 4, "polled until it listed none"
+    assert "its UI did not answer" in said[0]
+    assert "waiting for its executors (its UI has not answered yet)" in said[1]
+
+
+def test_no_worker_jvm_means_nothing_to_drain_but_the_service_is_still_stopped() -> None:
+    remote = ScriptedNode([None])
+    said: list[str] = []
+    shrink.Drainer(remote, said.append, timeout_s=60, poll_s=0)(remote.inv, [NODE])  # type: ignore[arg-type]
+    assert not any("pkill -PWR" in c for c in remote.commands)
+    assert said[0] == "worker-2: no Spark worker runs there: nothing to drain"
+    assert "stop spark-worker" in remote.commands[-1]
