@@ -5,8 +5,11 @@ Spark worker stopped, then its instance terminated, and the inventory written wi
 
 Draining uses Spark standalone's decommission (`spark.decommission.enabled`, set in
 spark-defaults.conf by the install): SIGPWR to the worker JVM makes it tell the master,
-which launches no new executor there and tells each application's driver; the driver
-stops giving those executors tasks, and each exits once its running tasks are done. The
+which launches no new executor there and tells each application's driver. SIGPWR goes to
+the worker's executor JVMs too: the master's word reaches a driver before an executor
+that was still starting has registered, and such an executor then got tasks until its
+application ended (seen with Spark 4.0.1 on a loaded machine). Signalled itself, each
+executor tells its driver, takes no new tasks and exits once its running ones are done. The
 worker's own /json/ (read on the node, like the master's) lists its executors: drained
 means that list is empty. A worker installed before decommission was configured (SIGPWR
 would kill it) is instead waited on until its executors end with their applications.
@@ -36,6 +39,7 @@ POLL_S = 2.0
 UI_TIMEOUT_S = 20
 PROGRESS_EVERY_S = 30.0
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+EXECUTOR_CLASS = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
 DECOMMISSION_KEY = "spark.decommission.enabled"
 
 UNKNOWN = ["unknown/?"]  # a running worker whose UI has not answered yet
@@ -57,8 +61,10 @@ def decommission_command() -> str:
     pattern = shlex.quote(f"^{key}[[:space:]]+true")
     user = shlex.quote(LAYOUT.service_user)
     jvm = shlex.quote(WORKER_CLASS.replace(".", r"\."))
+    executors = shlex.quote(EXECUTOR_CLASS.replace(".", r"\."))
     return (f"if ! grep -Eq {pattern} {conf}; then echo no-decommission; "
-            f"elif pkill -PWR -u {user} -f {jvm}; then echo decommissioning; "
+            f"elif pkill -PWR -u {user} -f {jvm}; then "
+            f"pkill -PWR -u {user} -f {executors} || true; echo decommissioning; "
             "else echo no-worker; fi")
 
 

@@ -185,9 +185,11 @@ def test_drainer_waits_out_applications_where_decommission_is_off() -> None:
     assert "predates decommission" in said[0] and "to end with their applications" in said[0]
 
 
-def test_the_decommission_command_signals_only_the_worker_jvm() -> None:
+def test_the_decommission_command_signals_the_worker_and_its_executors() -> None:
     cmd = shrink.decommission_command()
     assert "pkill -PWR -u spark -f 'org\\.apache\\.spark\\.deploy\\.worker\\.Worker'" in cmd
+    executors = "'org\\.apache\\.spark\\.executor\\.CoarseGrainedExecutorBackend'"
+    assert f"pkill -PWR -u spark -f {executors}" in cmd
     assert "'^spark\\.decommission\\.enabled[[:space:]]+true' /opt/spark/conf/" in cmd
 
 
