@@ -201,5 +201,6 @@ def test_the_wheelhouse_holds_the_job_packages_pinned_and_nothing_operator_side(
     # the notebook's pins are sparkfab's own (pyproject's `notebook` extra), exactly
     assert pins["jupyterlab"] == importlib.metadata.version("jupyterlab")
     assert pins["nbclient"] == importlib.metadata.version("nbclient")
-    assert not {"fabric", "boto3", "paramiko", "jinja2", "pytest", "moto"} & set(pins)
+    assert not {"fabric", "paramiko", "jinja2", "pytest", "moto"} & set(pins)
+    assert pins["boto3"] == importlib.metadata.version("boto3")  # the notebook server's S3
     assert wheelhouse.tarball_name("3.11") == "wheelhouse-cp311-manylinux_2_34_x86_64.tar"
