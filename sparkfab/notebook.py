@@ -197,6 +197,22 @@ def execute_command(inv: Inventory, paths: Paths, notebook: str, output: str,
             f"{q(layout.python)} -c {q(code)} {q(notebook)} {q(output)}")
 
 
+def with_parameters(nb: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a notebook (nbformat JSON) with `values` assigned in a cell right after
+    its `parameters`-tagged cell, as papermill does: the headless runs set their inputs."""
+    cells = list(nb["cells"])
+    at = next((i for i, c in enumerate(cells)
+               if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if at is None:
+        raise UserError("the notebook has no cell tagged `parameters`",
+                        "tag the cell that sets its inputs")
+    source = "# injected parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in values.items())
+    cells.insert(at + 1, {"cell_type": "code", "id": "injected-parameters",
+                          "metadata": {"tags": ["injected-parameters"]},
+                          "execution_count": None, "outputs": [], "source": source})
+    return {**nb, "cells": cells}
+
+
 # ---- the bucket ---------------------------------------------------------------------------
 
 
