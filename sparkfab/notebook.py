@@ -250,24 +250,36 @@ class Server:
     tunnel: Any  # the ssh Popen
 
 
-def wait_ready(base: str, alive: Callable[[], bool], timeout_s: float = START_TIMEOUT_S,
+def ready_command(inv: Inventory, layout: Layout = LAYOUT,
+                  port: int = ports.NOTEBOOK) -> str:
+    """Succeeds once the server answers on the master's loopback (/api needs no token and
+    tells only the version): the tunnel opens after it, so ssh never reports a refused
+    forward while JupyterLab is still importing."""
+    code = f"import urllib.request as u; u.urlopen('http://127.0.0.1:{int(port)}/api', timeout=5)"
+    return f"{shlex.quote(layout.python)} -c {shlex.quote(code)}"
+
+
+def wait_ready(check: Callable[[], bool], alive: Callable[[], bool],
+               timeout_s: float = START_TIMEOUT_S,
                clock: Callable[[], float] = time.monotonic) -> bool:
-    """True once the server answers /api through the tunnel; False when it died or time ran
-    out. /api answers without a token (only the version); nothing else does."""
+    """True once `check()` passes; False as soon as the server died, or when time ran out."""
     deadline = clock() + timeout_s
-    checks = 0
     while clock() < deadline:
-        try:
-            with urllib.request.urlopen(base + "api", timeout=5) as resp:
-                if resp.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError):
-            pass
-        checks += 1
-        if checks % 5 == 0 and not alive():
+        if check():
+            return True
+        if not alive():
             return False
         time.sleep(1.0)
     return False
+
+
+def answers(base: str) -> bool:
+    """The server answers /api at `base` (through the tunnel)."""
+    try:
+        with urllib.request.urlopen(base + "api", timeout=5) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 @contextlib.contextmanager
@@ -306,16 +318,23 @@ def session(
                              in_stream=False).ok)
 
     try:
+        ready = wait_ready(
+            lambda: bool(conn.run(ready_command(inv), hide=True, warn=True,
+                                  in_stream=False).ok), alive)
+        if not ready:
+            tail = conn.run(log_tail_command(inv, paths), hide=True, warn=True,
+                            in_stream=False).stdout.strip()
+            raise UserError(
+                f"JupyterLab did not start on {master.name}; its log ends:\n{tail}",
+                "`fab ssh` and read " + paths.log,
+            )
         local = tunnel.plan_one("JupyterLab", local_port, tunnel.LOOPBACK, ports.NOTEBOOK)
         with tunnel.opened(inv, [local]) as proc:
             base = local.url
-            if not wait_ready(base, alive):
-                tail = conn.run(log_tail_command(inv, paths), hide=True, warn=True,
-                                in_stream=False).stdout.strip()
-                raise UserError(
-                    f"JupyterLab did not start on {master.name}; its log ends:\n{tail}",
-                    "`fab ssh` and read " + paths.log,
-                )
+            if not wait_ready(lambda: answers(base), lambda: proc.poll() is None, 30):
+                raise UserError(f"JupyterLab runs on {master.name} but does not answer "
+                                "through the SSH tunnel",
+                                "`fab ssh` checks SSH; is TCP forwarding allowed there?")
             yield Server(f"{base}lab?token={token}", base, token, local.local_port, proc)
     finally:
         with contextlib.suppress(Exception):

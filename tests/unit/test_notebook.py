@@ -133,14 +133,20 @@ def test_the_shipped_notebook_uses_the_jobs_modules_not_a_copy() -> None:
     assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
 
 
-def test_wait_ready_gives_up_when_the_server_died() -> None:
+def test_wait_ready_gives_up_as_soon_as_the_server_died() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}/"
     t0 = time.monotonic()
-    assert not notebook.wait_ready(f"http://127.0.0.1:{port}/", alive=lambda: False,
+    assert not notebook.wait_ready(lambda: notebook.answers(base), alive=lambda: False,
                                    timeout_s=60)
-    assert time.monotonic() - t0 < 15
+    assert time.monotonic() - t0 < 5
+    calls = iter([False, False, True])
+    assert notebook.wait_ready(lambda: next(calls), alive=lambda: True, timeout_s=60)
+    code = shlex.split(notebook.ready_command(inventory()))
+    assert code[:2] == ["/opt/sparkfab/python/bin/python", "-c"]
+    assert "http://127.0.0.1:8888/api" in code[2]
 
 
 # ---- the rendered server config, run here ----------------------------------------------------
@@ -214,7 +220,8 @@ def test_the_server_config_pulls_from_s3_saves_to_s3_and_wants_the_token(
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/"
     try:
-        assert notebook.wait_ready(base, alive=lambda: server.poll() is None, timeout_s=120), \
+        assert notebook.wait_ready(lambda: notebook.answers(base),
+                                   alive=lambda: server.poll() is None, timeout_s=120), \
             (tmp_path / "server.log").read_text()[-2000:]
         assert (root / "old" / "kept.ipynb").read_bytes() == b'{"x": 1}'  # pulled
         assert _get(base + "api/contents") == 403  # no token
