@@ -130,6 +130,10 @@ def submit(c, app, py_files=None, args=None, name=None, verbose=False, cluster=N
     from sparkfab import submit as submitting
 
     with _user_errors():
+        if app.startswith("-"):  # Invoke hands a positional the next word, `--help` too
+            raise UserError(f"{app!r} is not a script",
+                            "the script comes first: fab submit APP.py [--py-files ...]; "
+                            "help: fab --help submit")
         settings = _aws_settings(config, cluster=cluster)
         extra = [p.strip() for p in (py_files or "").split(",") if p.strip()]
         try:

@@ -69,3 +69,6 @@ def test_submit_passes_the_scripts_exit_status_through(
     assert err.value.code == 3
     with pytest.raises(Exit, match="error: --args: No closing quotation"):
         tasks.submit(Context(), "app.py", args="'open")
+    with pytest.raises(Exit, match="'--help' is not a script") as err:
+        tasks.submit(Context(), "--help")
+    assert "fab --help submit" in str(err.value)
