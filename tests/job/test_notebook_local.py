@@ -16,6 +16,7 @@ from sparkfab.localjob import local_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
+PLOTS_DIR = REPO / ".cache" / "notebook-test-local"
 
 
 def test_the_shipped_notebook_runs_every_cell_in_local_mode(
@@ -47,6 +48,11 @@ def test_the_shipped_notebook_runs_every_cell_in_local_mode(
             if "image/png" in o.get("data", {})]
     assert len(pngs) == 2  # explained variance, PC1/PC2
     assert all(base64.b64decode(p).startswith(b"\x89PNG") for p in pngs)
+    # Kept for a look (README's notebook section shows them), as the executed notebook is.
+    PLOTS_DIR.mkdir(parents=True, exist_ok=True)
+    for name, png in zip(("explained_variance.png", "pca_scatter.png"), pngs, strict=True):
+        (PLOTS_DIR / name).write_bytes(base64.b64decode(png))
+    nbformat.write(nb, PLOTS_DIR / "featurize_pca.executed.ipynb")
     assert sorted(os.listdir(tmp_path / "out")) >= ["explained_variance.png",
                                                     "features.parquet", "pca_matrix.csv",
                                                     "pca_scatter.png"]
