@@ -49,6 +49,10 @@ _JOB_HELP = {
     "inventory for it, the job runs locally)",
     "config": "settings file to read instead of ./sparkfab.yaml",
 }
+_JOB_HELP_CLUSTER = {
+    "cluster": "the provisioned cluster to run on (default: the settings' cluster)",
+    "config": _JOB_HELP["config"],
+}
 # run-job's flags that the job itself takes (job/featurize_pca.py), as the job spells them.
 _JOB_ARGS = {"weights": "--weights", "k": "--k", "variance": "--variance",
              "input_size": "--input-size", "batch_size": "--batch-size",
@@ -107,6 +111,38 @@ def run_job(c, input=None, output=None, weights=None, k=None, variance=None, inp
             batch_size=num(batch_size, int), tf_threads=num(tf_threads, int),
             images_per_partition=num(images_per_partition, int), cores=num(cores, int),
             samples_per_class=num(samples_per_class, int))
+
+
+@task(help={
+    "app": "the PySpark script to run (its driver runs on the master, client mode)",
+    "py_files": "comma-separated .py/.zip/.egg files shipped with it (spark-submit's "
+    "--py-files): importable on the driver and the executors",
+    "args": "the script's own arguments, one string split like a shell does, e.g. "
+    "--args '--input s3a://BUCKET/x --n 3' (`--` cannot carry them: for fab it means a "
+    "command to run on -H hosts)",
+    "name": "Spark application name (default: sparkfab-<script name>)",
+    "verbose": "show Spark's INFO lines too, not only progress",
+    **_JOB_HELP_CLUSTER,
+}, auto_shortflags=False)
+def submit(c, app, py_files=None, args=None, name=None, verbose=False, cluster=None,
+           config=None):
+    """Run any PySpark script on the cluster as run-job runs the job; exits with its status."""
+    from sparkfab import submit as submitting
+
+    with _user_errors():
+        if app.startswith("-"):  # Invoke hands a positional the next word, `--help` too
+            raise UserError(f"{app!r} is not a script",
+                            "the script comes first: fab submit APP.py [--py-files ...]; "
+                            "help: fab --help submit")
+        settings = _aws_settings(config, cluster=cluster)
+        extra = [p.strip() for p in (py_files or "").split(",") if p.strip()]
+        try:
+            argv = shlex.split(args or "")
+        except ValueError as exc:
+            raise UserError(f"--args: {exc}", "quote it as one shell string") from None
+        done = submitting.submit_script(settings, app, extra, argv, name=name, verbose=verbose)
+    if done.exit_code != 0:
+        raise Exit(code=done.exit_code)
 
 
 # ---- AWS: provision / status / teardown ------------------------------------------------
@@ -310,6 +346,19 @@ def ui(c, master_port=ports.MASTER_UI, app_port=ports.APP_UI, workers=True, clus
         forwards = tunnel.plan(inv, int(master_port), int(app_port), workers=workers)
         print(f"Spark UIs of cluster {inv.cluster}, on this machine only:")
         tunnel.run(inv, forwards)
+
+
+@task(help={
+    "port": f"local port for JupyterLab (default {ports.NOTEBOOK}; another free one if taken)",
+    "browser": "open the URL in a browser where there is one; --no-browser to only print it",
+    **_CLUSTER_HELP,
+}, auto_shortflags=False)
+def notebook(c, port=ports.NOTEBOOK, browser=True, cluster=None, config=None):
+    """JupyterLab on the master, as the Spark user, via an SSH tunnel; notebooks kept in S3."""
+    from sparkfab import notebook as notebooks
+
+    with _user_errors():
+        notebooks.run(_aws_settings(config, cluster=cluster), int(port), browser=browser)
 
 
 @task(help={

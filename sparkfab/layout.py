@@ -28,6 +28,9 @@ class Layout:
     work_dir: str = "/var/lib/spark/work"  # workers: application directories
     local_dir: str = "/var/lib/spark/local"  # shuffle and spill files
     log_dir: str = "/var/log/spark"
+    # `fab notebook`: the service user's (its home is /var/lib/spark); notebooks/ is the
+    # server's root, session/ what one server start ships (launcher, config, job modules).
+    notebook_dir: str = "/var/lib/spark/notebook"
     systemd_dir: str = "/etc/systemd/system"
     service_user: str = SERVICE_USER
 

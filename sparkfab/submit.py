@@ -1,4 +1,9 @@
-"""`fab run-job` on a cluster: ship job/ to the master, spark-submit there, report.
+"""`fab submit` and `fab run-job` on a cluster: ship a PySpark script to the master,
+spark-submit it there, stream its progress, keep its log, pass its exit status on.
+
+`fab submit APP.py` runs any script (`App`, `run_app`); `fab run-job` is one such script,
+job/featurize_pca.py with job/ as its --py-files, plus the checks and the result that only
+that job has (`run_on_cluster`).
 
 The driver runs on the master (client mode) with the node's Python, the same environment
 as the executors; it runs as the Spark service user, the only one that can read the RPC
@@ -39,9 +44,73 @@ ENTRY = "featurize_pca.py"
 APP_NAME = "sparkfab-featurize-pca"
 MANIFEST = "manifest.json"
 SUCCESS_MARKER = "_SUCCESS"
+BUNDLE = ".bundle.zip"  # the shipped files, in the run folder; no App file starts with "."
 WEIGHTS_PREFIX = "sparkfab/weights/"  # where a local --weights file is staged in the bucket
 # run-job sets these itself; passing them through as job options would contradict it.
 _RESERVED = ("--input", "--output", "--master")
+
+
+@dataclass(frozen=True)
+class App:
+    """A PySpark script and what ships with it, as files: one bundle unpacked in the run
+    folder on the master (the entry and the --py-files side by side)."""
+
+    name: str  # the Spark application name (master UI, event log)
+    entry: str  # the script's file name in the bundle
+    files: tuple[tuple[str, bytes], ...]  # (name, content): the entry and the py-files
+    py_files: tuple[str, ...] = ()  # names among `files` given to --py-files, in order
+    args: tuple[str, ...] = ()  # the script's own arguments
+
+    def __post_init__(self) -> None:
+        names = [n for n, _ in self.files]
+        for n in names:
+            if n.startswith(".") or "/" in n or not n:
+                raise UserError(f"{n!r}: not a plain file name",
+                                "files are shipped flat into one run folder")
+        if len(set(names)) != len(names):
+            raise UserError(f"two files named the same in one submission: {sorted(names)}",
+                            "rename one: they land side by side in one folder")
+        if self.entry not in names or not set(self.py_files) <= set(names):
+            raise ValueError("entry and py_files must be among the files")
+
+
+# What --py-files accepts: Python files, zip archives of modules/packages, eggs.
+PY_FILE_SUFFIXES = (".py", ".zip", ".egg")
+
+
+def app_from_paths(script: Path, py_files: list[Path] | tuple[Path, ...] = (),
+                   args: list[str] | tuple[str, ...] = (), name: str | None = None) -> App:
+    """An App from files on this machine; one `error:` line for what spark-submit would
+    only reject on the master."""
+    if not script.is_file():
+        raise UserError(f"{script}: no such file", "give the path of a PySpark script")
+    if script.suffix != ".py":
+        raise UserError(f"{script}: not a .py file",
+                        "fab submit runs Python scripts; package code as --py-files")
+    extra = []
+    for path in py_files:
+        if not path.is_file():
+            raise UserError(f"--py-files {path}: no such file",
+                            "give .py, .zip or .egg files, comma-separated")
+        if path.suffix not in PY_FILE_SUFFIXES:
+            raise UserError(f"--py-files {path}: not a .py, .zip or .egg",
+                            "zip a package folder first (python -m zipfile -c x.zip pkg/)")
+        extra.append((path.name, path.read_bytes()))
+    return App(name or f"sparkfab-{script.stem}", script.name,
+               ((script.name, script.read_bytes()), *extra),
+               tuple(n for n, _ in extra), tuple(args))
+
+
+def bundle(app: App) -> bytes:
+    """The App's files in one zip, deterministic like package_job."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in app.files:
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+    return buf.getvalue()
 
 
 @dataclass(frozen=True)
@@ -76,6 +145,14 @@ def package_job(job_dir: Path = JOB_DIR) -> bytes:
     return buf.getvalue()
 
 
+def job_app(req: JobRequest, job_dir: Path = JOB_DIR) -> App:
+    """run-job's submission: the entry beside job.zip, which holds every job module."""
+    return App(APP_NAME, ENTRY,
+               ((ENTRY, (job_dir / ENTRY).read_bytes()), ("job.zip", package_job(job_dir))),
+               ("job.zip",),
+               ("--input", req.input.s3a, "--output", req.output_uri, *req.job_args))
+
+
 def check_job_args(job_args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     for arg in job_args:
         flag = arg.split("=", 1)[0]
@@ -97,28 +174,36 @@ def as_service_user(ssh_user: str, layout: Layout = LAYOUT) -> str:
     return f"runuser -u {user} -- " if ssh_user == "root" else f"sudo -n -u {user} -- "
 
 
+def driver_confs(inv: Inventory, layout: Layout = LAYOUT) -> list[str]:
+    """The settings a driver on the master needs beyond spark-defaults.conf, as key=value:
+    one place for spark-submit and for the notebook's kernel."""
+    master_ip = inv.master.private_ip
+    return [
+        # The driver must be reachable by the executors on the private network.
+        f"spark.driver.host={master_ip}",
+        f"spark.driver.bindAddress={master_ip}",
+        f"spark.ui.port={ports.APP_UI}",
+        f"spark.pyspark.python={layout.python}",
+        f"spark.pyspark.driver.python={layout.python}",
+    ]
+
+
+def app_argv(inv: Inventory, app: App, run: str, layout: Layout = LAYOUT) -> list[str]:
+    """spark-submit's command line on the master, for an App unpacked in `run`."""
+    argv = [layout.spark_submit, "--master", spark.master_url(inv), "--deploy-mode", "client",
+            "--name", app.name]
+    for conf in driver_confs(inv, layout):
+        argv += ["--conf", conf]
+    if app.py_files:
+        argv += ["--py-files", ",".join(f"{run}/{n}" for n in app.py_files)]
+    return [*argv, f"{run}/{app.entry}", *app.args]
+
+
 def submit_argv(
     inv: Inventory, req: JobRequest, run: str, layout: Layout = LAYOUT
 ) -> list[str]:
-    """spark-submit's command line on the master, for a job unpacked in `run`."""
-    master_ip = inv.master.private_ip
-    return [
-        layout.spark_submit,
-        "--master", spark.master_url(inv),
-        "--deploy-mode", "client",
-        "--name", APP_NAME,
-        # The driver must be reachable by the executors on the private network.
-        "--conf", f"spark.driver.host={master_ip}",
-        "--conf", f"spark.driver.bindAddress={master_ip}",
-        "--conf", f"spark.ui.port={ports.APP_UI}",
-        "--conf", f"spark.pyspark.python={layout.python}",
-        "--conf", f"spark.pyspark.driver.python={layout.python}",
-        "--py-files", f"{run}/job.zip",
-        f"{run}/{ENTRY}",
-        "--input", req.input.s3a,
-        "--output", req.output_uri,
-        *req.job_args,
-    ]
+    """run-job's spark-submit command line on the master, for the job unpacked in `run`."""
+    return app_argv(inv, job_app(req), run, layout)
 
 
 def prepare_command(inv: Inventory, staged_zip: str, run: str, layout: Layout = LAYOUT) -> str:
@@ -128,19 +213,17 @@ def prepare_command(inv: Inventory, staged_zip: str, run: str, layout: Layout = 
     q = shlex.quote
     return " && ".join([
         f"{sudo}install -d -o {user} -g {user} -m 0750 {q(run)}",
-        f"{sudo}install -o {user} -g {user} -m 0640 {q(staged_zip)} {q(run + '/job.zip')}",
+        f"{sudo}install -o {user} -g {user} -m 0640 {q(staged_zip)} {q(run + '/' + BUNDLE)}",
         f"rm -f {q(staged_zip)}",
         f"{as_service_user(inv.ssh_user, layout)}{q(layout.python)} -m zipfile "
-        f"-e {q(run + '/job.zip')} {q(run)}",
+        f"-e {q(run + '/' + BUNDLE)} {q(run)}",
     ])
 
 
-def remote_submit_command(
-    inv: Inventory, req: JobRequest, run: str, layout: Layout = LAYOUT
-) -> str:
+def remote_submit_command(inv: Inventory, app: App, run: str, layout: Layout = LAYOUT) -> str:
     """The spark-submit, in its own session so that one `kill -- -PGID` stops the driver
     and its Python; the pid is kept in the run folder for `stop_command`."""
-    argv = " ".join(shlex.quote(a) for a in submit_argv(inv, req, run, layout))
+    argv = " ".join(shlex.quote(a) for a in app_argv(inv, app, run, layout))
     # The service user's own home (runuser keeps root's): Keras and matplotlib cache there.
     home = f'HOME="$(getent passwd {shlex.quote(layout.service_user)} | cut -d: -f6)"'
     inner = f"cd {shlex.quote(run)} && export {home} && echo $$ > driver.pid && exec {argv}"
@@ -295,6 +378,16 @@ def check_manifest(manifest: dict[str, Any]) -> str | None:
 
 
 @dataclass
+class Submitted:
+    """What one spark-submit on the master gave: its exit status and what it printed."""
+    run_id: str
+    exit_code: int
+    driver: DriverLog
+    log_path: Path
+    seconds: float
+
+
+@dataclass
 class RunResult:
     run_id: str
     exit_code: int
@@ -304,24 +397,22 @@ class RunResult:
     seconds: float
 
 
-def run_on_cluster(
+def run_app(
     inv: Inventory,
     remote: Any,
-    s3: Any,
-    req: JobRequest,
+    app: App,
     log_dir: Path,
     out: TextIO | None = None,
     verbose: bool = False,
-) -> RunResult:
-    """Check, ship, submit, stream, read the manifest. Raises UserError when the job failed.
+) -> Submitted:
+    """Ship, submit, stream: the driver's exit status comes back, never raised on.
 
-    `remote` is a sparkfab.remote.Remote (its `connection(node)` is used for the streamed
-    run); `s3` a boto3 S3 client for the cluster's region and endpoint.
+    Raises UserError only when the run could not be made or followed (no run folder, a
+    dropped connection). `remote` is a sparkfab.remote.Remote (its `connection(node)` is
+    used for the streamed run).
     """
     out = out or sys.stdout
     start = time.monotonic()
-    preflight(s3, inv, req)
-    req = JobRequest(req.input, req.output, stage_local_weights(s3, inv, req.job_args, out))
     run_id = new_run_id()
     run = run_dir(run_id)
     master = inv.master
@@ -334,8 +425,8 @@ def run_on_cluster(
 
     conn = remote.connection(master)
     staged = f"/tmp/sparkfab-job-{run_id}.zip"
-    show(f"shipping job/ to {master.name} ({inv.address(master)}), run {run_id}")
-    conn.put(io.BytesIO(package_job()), staged)
+    show(f"shipping {app.entry} to {master.name} ({inv.address(master)}), run {run_id}")
+    conn.put(io.BytesIO(bundle(app)), staged)
     prep = conn.run(prepare_command(inv, staged, run), hide=True, warn=True, in_stream=False)
     if not prep.ok:
         raise UserError(
@@ -344,7 +435,6 @@ def run_on_cluster(
             "is the cluster installed? `fab provision` installs Spark and the service user",
         )
     driver = DriverLog(show=show, verbose=verbose)
-    show(f"spark-submit on {master.name}: {req.input.s3a} -> {req.output_uri}")
     with log_path.open("w") as log:
         def tee(handler: Any) -> LineSplitter:
             def on_line(line: str) -> None:
@@ -355,7 +445,7 @@ def run_on_cluster(
         stdout, stderr = tee(driver.stdout), tee(driver.stderr)
         try:
             result = conn.run(
-                remote_submit_command(inv, req, run), hide=False, warn=True, pty=False,
+                remote_submit_command(inv, app, run), hide=False, warn=True, pty=False,
                 in_stream=False, out_stream=stdout, err_stream=stderr,
             )
             code = int(result.exited)
@@ -375,12 +465,31 @@ def run_on_cluster(
             with contextlib.suppress(OSError, EOFError, SSHException):
                 conn.run(cleanup_command(inv, run), hide=True, warn=True, in_stream=False)
 
-    seconds = time.monotonic() - start
     if driver.executors:
         show(f"tasks finished per host: {driver.hosts_summary()}")
+    return Submitted(run_id, code, driver, log_path, time.monotonic() - start)
+
+
+def run_on_cluster(
+    inv: Inventory,
+    remote: Any,
+    s3: Any,
+    req: JobRequest,
+    log_dir: Path,
+    out: TextIO | None = None,
+    verbose: bool = False,
+) -> RunResult:
+    """run-job: check, then `run_app` the job, then read the manifest. Raises UserError
+    when the job failed. `s3` is a boto3 S3 client for the cluster's region and endpoint."""
+    out = out or sys.stdout
+    preflight(s3, inv, req)
+    req = JobRequest(req.input, req.output, stage_local_weights(s3, inv, req.job_args, out))
+    out.write(f"spark-submit on {inv.master.name}: {req.input.s3a} -> {req.output_uri}\n")
+    done = run_app(inv, remote, job_app(req), log_dir, out=out, verbose=verbose)
+    log_path, code = done.log_path, done.exit_code
     if code != 0:
         raise UserError(
-            f"the job failed on the cluster (exit {code}): {driver.failure_line()}",
+            f"the job failed on the cluster (exit {code}): {done.driver.failure_line()}",
             f"the driver's full log is in {log_path}; `fab logs` fetches the executors' logs",
         )
     manifest = read_manifest(s3, req.output)
@@ -394,7 +503,34 @@ def run_on_cluster(
     if problem:
         raise UserError(f"the run at {req.output.s3} is inconsistent: {problem}",
                         f"see the driver's log in {log_path}")
-    return RunResult(run_id, code, manifest, driver, log_path, seconds)
+    return RunResult(done.run_id, code, manifest, done.driver, log_path, done.seconds)
+
+
+def submit_script(
+    settings: Any,
+    script: str,
+    py_files: list[str] | tuple[str, ...] = (),
+    args: list[str] | tuple[str, ...] = (),
+    name: str | None = None,
+    verbose: bool = False,
+    out: TextIO | None = None,
+) -> Submitted:
+    """The cluster half of `fab submit`: any PySpark script, its exit status returned."""
+    from sparkfab import cluster
+
+    out = out or sys.stdout
+    inv = cluster.require(settings)
+    app = app_from_paths(Path(script).expanduser(),
+                         [Path(p).expanduser() for p in py_files], args, name)
+    with cluster.remote(inv, out=lambda line: print(line, file=out, flush=True)) as remote:
+        done = run_app(inv, remote, app, Path("logs") / inv.cluster / "runs", out=out,
+                       verbose=verbose)
+    status = "finished" if done.exit_code == 0 else f"FAILED (exit {done.exit_code})"
+    out.write(f"{app.entry} {status} in {done.seconds:.0f} s; driver log: {done.log_path}\n")
+    if done.exit_code != 0:
+        out.write(f"last error: {done.driver.failure_line()}\n")
+    out.flush()
+    return done
 
 
 def run_job(

@@ -8,9 +8,11 @@ private IP, so each worker's UI gets a forward of its own too.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sparkfab import ports, sshcli
@@ -78,6 +80,11 @@ def plan(
     return out
 
 
+def plan_one(label: str, preferred: int, remote_host: str, remote_port: int) -> Forward:
+    """One forward (`fab notebook`'s), on the preferred local port if free."""
+    return Forward(label, _free_port(preferred, set()), remote_host, remote_port)
+
+
 def ssh_argv(inv: Inventory, forwards: list[Forward]) -> list[str]:
     argv = ["ssh", *sshcli.ssh_options(inv), "-N", "-o", "ExitOnForwardFailure=yes",
             "-o", "GatewayPorts=no"]
@@ -99,30 +106,37 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes],
     return False
 
 
-def run(inv: Inventory, forwards: list[Forward], print_line=print) -> int:
-    """Hold the tunnel open until Ctrl-C (or until ssh exits); returns ssh's exit status."""
-    argv = ssh_argv(inv, forwards)
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+@contextlib.contextmanager
+def opened(inv: Inventory, forwards: list[Forward]) -> Iterator[subprocess.Popen[bytes]]:
+    """The ssh process holding the forwards, once it listens; ended on the way out."""
+    proc = subprocess.Popen(ssh_argv(inv, forwards), stdin=subprocess.DEVNULL)
     try:
         if not wait_listening(forwards[0].local_port, proc):
-            proc.terminate()
-            proc.wait(timeout=10)
             raise UserError(
                 f"the SSH tunnel to {inv.address(inv.master)} did not open "
-                f"(ssh exit {proc.returncode})",
+                f"(ssh exit {proc.poll()})",
                 "ssh printed the reason above; `fab ssh` checks plain SSH access",
             )
-        for f in forwards:
-            print_line(f"  {f.label:<36} {f.url}")
-        print_line("tunnel open through the master's SSH; Ctrl-C closes it")
-        code = proc.wait()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run(inv: Inventory, forwards: list[Forward], print_line=print) -> int:
+    """Hold the tunnel open until Ctrl-C (or until ssh exits); returns ssh's exit status."""
+    try:
+        with opened(inv, forwards) as proc:
+            for f in forwards:
+                print_line(f"  {f.label:<36} {f.url}")
+            print_line("tunnel open through the master's SSH; Ctrl-C closes it")
+            code = proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         print_line("tunnel closed")
         return 0
     if code != 0:

@@ -197,6 +197,10 @@ def test_the_wheelhouse_holds_the_job_packages_pinned_and_nothing_operator_side(
     pins = dict(p.split("==") for p in wheelhouse.requirements())
     assert pins["pyspark"] == importlib.metadata.version("pyspark")
     assert pins["numpy"] == importlib.metadata.version("numpy")
-    assert set(pins) == set(wheelhouse.JOB_PACKAGES)
-    assert not {"fabric", "boto3", "paramiko", "jinja2", "pytest", "moto"} & set(pins)
+    assert set(pins) == {*wheelhouse.JOB_PACKAGES, *wheelhouse.NOTEBOOK_PACKAGES}
+    # the notebook's pins are sparkfab's own (pyproject's `notebook` extra), exactly
+    assert pins["jupyterlab"] == importlib.metadata.version("jupyterlab")
+    assert pins["nbclient"] == importlib.metadata.version("nbclient")
+    assert not {"fabric", "paramiko", "jinja2", "pytest", "moto"} & set(pins)
+    assert pins["boto3"] == importlib.metadata.version("boto3")  # the notebook server's S3
     assert wheelhouse.tarball_name("3.11") == "wheelhouse-cp311-manylinux_2_34_x86_64.tar"

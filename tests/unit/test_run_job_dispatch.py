@@ -50,3 +50,25 @@ def test_with_an_inventory_the_job_goes_to_the_cluster_with_the_jobs_own_flags(
         tasks.run_job(Context(), input="s3://b/in", output="s3://b/out", cores="2")
     with pytest.raises(Exit, match="give --input and --output as s3:// paths"):
         tasks.run_job(Context(), input="s3://b/in")
+
+
+def test_submit_passes_the_scripts_exit_status_through(
+    tasks: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def fake(settings, app, py_files, args, name=None, verbose=False):
+        calls.append((settings.cluster, app, py_files, args, name))
+        return submit.Submitted("r", 3 if "--fail" in args else 0, None, tmp_path, 1.0)
+
+    monkeypatch.setattr(submit, "submit_script", fake)
+    tasks.submit(Context(), "app.py", py_files="a.py, b.zip", args="--n 3 'x y'")
+    assert calls == [("t6", "app.py", ["a.py", "b.zip"], ["--n", "3", "x y"], None)]
+    with pytest.raises(Exit) as err:
+        tasks.submit(Context(), "app.py", args="--fail")
+    assert err.value.code == 3
+    with pytest.raises(Exit, match="error: --args: No closing quotation"):
+        tasks.submit(Context(), "app.py", args="'open")
+    with pytest.raises(Exit, match="'--help' is not a script") as err:
+        tasks.submit(Context(), "--help")
+    assert "fab --help submit" in str(err.value)

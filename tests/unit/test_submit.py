@@ -69,14 +69,15 @@ def test_spark_submit_runs_in_client_mode_on_the_private_master_with_the_nodes_p
 ])
 def test_the_driver_runs_as_the_service_user_in_its_own_session(user: str, prefix: list) -> None:
     inv = inventory(user)
-    cmd = shlex.split(submit.remote_submit_command(inv, request(), "/tmp/sparkfab-run-x"))
+    app = submit.job_app(request())
+    cmd = shlex.split(submit.remote_submit_command(inv, app, "/tmp/sparkfab-run-x"))
     assert cmd[:len(prefix)] == prefix  # only that user can read the RPC secret
     assert cmd[len(prefix):len(prefix) + 4] == ["setsid", "-w", "sh", "-c"]
     inner = cmd[len(prefix) + 4]
     assert inner.startswith("cd /tmp/sparkfab-run-x && export HOME=\"$(getent passwd spark "
                             "| cut -d: -f6)\" && echo $$ > driver.pid && exec ")
-    assert shlex.split(inner.split(" exec ", 1)[1]) == submit.submit_argv(
-        inv, request(), "/tmp/sparkfab-run-x")
+    assert shlex.split(inner.split(" exec ", 1)[1]) == submit.app_argv(
+        inv, app, "/tmp/sparkfab-run-x")
     assert "kill -TERM -- -$(cat /tmp/sparkfab-run-x/driver.pid)" in submit.stop_command(
         inv, "/tmp/sparkfab-run-x")
 
@@ -301,7 +302,7 @@ def test_a_successful_run_ships_the_job_streams_and_returns_the_manifest(
                                    tmp_path / "logs", out=out)
     assert result.manifest == MANIFEST
     (staged, payload), = master.uploads.items()
-    assert "featurize_pca.py" in zipfile.ZipFile(io.BytesIO(payload)).namelist()
+    assert zipfile.ZipFile(io.BytesIO(payload)).namelist() == ["featurize_pca.py", "job.zip"]
     assert staged in master.commands[0]  # prepared: moved into the run folder and unpacked
     assert "spark-submit" in master.commands[1]
     assert master.commands[-1].startswith("sudo -n rm -rf /tmp/sparkfab-run-")
@@ -347,3 +348,74 @@ def test_a_dropped_ssh_connection_says_the_job_may_still_run(s3, tmp_path: Path)
         submit.run_on_cluster(inventory(), FakeRemote(Dropping(s3, 0, "", False)), s3,
                               request(), tmp_path, out=io.StringIO())
     assert "may still be running" in err.value.hint
+
+
+# ---- fab submit: any script ------------------------------------------------------------------
+
+
+def test_any_script_ships_with_its_py_files_and_arguments(tmp_path: Path) -> None:
+    script = tmp_path / "count.py"
+    script.write_text("import helpers\n")
+    helpers = tmp_path / "helpers.py"
+    helpers.write_text("X = 1\n")
+    libs = tmp_path / "libs.zip"
+    libs.write_bytes(b"PK\5\6" + b"\0" * 18)
+    app = submit.app_from_paths(script, [helpers, libs], ["--n", "3", "a b"])
+    argv = submit.app_argv(inventory(), app, "/tmp/r")
+    assert argv[argv.index("--name") + 1] == "sparkfab-count"
+    assert argv[argv.index("--py-files") + 1] == "/tmp/r/helpers.py,/tmp/r/libs.zip"
+    assert argv[-4:] == ["/tmp/r/count.py", "--n", "3", "a b"]  # arguments, verbatim
+    assert argv[:argv.index("--py-files")] == submit.app_argv(
+        inventory(), submit.App("sparkfab-count", "count.py", app.files[:1]), "/tmp/r")[:-1]
+    with zipfile.ZipFile(io.BytesIO(submit.bundle(app))) as zf:
+        assert zf.namelist() == ["count.py", "helpers.py", "libs.zip"]
+        assert zf.read("helpers.py") == b"X = 1\n"
+    inner = shlex.split(shlex.split(submit.remote_submit_command(inventory(), app, "/tmp/r"))[-1]
+                        .split(" exec ", 1)[1])
+    assert inner == argv  # every value reaches the shell quoted
+
+
+def test_a_script_without_py_files_has_no_py_files_flag(tmp_path: Path) -> None:
+    script = tmp_path / "pi.py"
+    script.write_text("print(1)\n")
+    argv = submit.app_argv(inventory(), submit.app_from_paths(script), "/tmp/r")
+    assert "--py-files" not in argv
+    assert argv[-1] == "/tmp/r/pi.py"
+
+
+def test_bad_submissions_fail_here_with_one_line(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    with pytest.raises(UserError, match="no such file"):
+        submit.app_from_paths(script)
+    script.write_text("")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("")
+    with pytest.raises(UserError, match="not a .py file"):
+        submit.app_from_paths(notes)
+    with pytest.raises(UserError, match="not a .py, .zip or .egg") as err:
+        submit.app_from_paths(script, [notes])
+    assert "zip a package folder" in err.value.hint
+    with pytest.raises(UserError, match="--py-files .*missing.py: no such file"):
+        submit.app_from_paths(script, [tmp_path / "missing.py"])
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "app.py").write_text("")
+    with pytest.raises(UserError, match="two files named the same"):
+        submit.app_from_paths(script, [tmp_path / "sub" / "app.py"])
+    with pytest.raises(UserError, match="not a plain file name"):
+        submit.App("x", ".bundle.zip", ((".bundle.zip", b""),))
+
+
+def test_a_failing_script_returns_its_exit_status_and_cleans_up(s3, tmp_path: Path) -> None:
+    script = tmp_path / "fail.py"
+    script.write_text("raise SystemExit(3)\n")
+    master = FakeMaster(s3, 3, "Traceback (most recent call last):\n"
+                               "ValueError: the input is odd\n", commit=False)
+    out = io.StringIO()
+    done = submit.run_app(inventory(), FakeRemote(master), submit.app_from_paths(script),
+                          tmp_path / "logs", out=out)
+    assert done.exit_code == 3  # passed on, not raised: `fab submit` exits with it
+    assert done.driver.failure_line() == "ValueError: the input is odd"
+    assert "ValueError: the input is odd" in done.log_path.read_text()
+    (staged, payload), = master.uploads.items()
+    assert zipfile.ZipFile(io.BytesIO(payload)).namelist() == ["fail.py"]
+    assert master.commands[-1].startswith("sudo -n rm -rf /tmp/sparkfab-run-")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sparkfab import artifacts, install
+from sparkfab import artifacts, install, notebook
 from sparkfab.artifacts import Download
 from sparkfab.inventory import ROLE_MASTER, ROLE_WORKER, Inventory, Node
 from sparkfab.layout import Layout
@@ -66,11 +66,12 @@ def _all_rendered(local: bool, python_env: str) -> dict[str, str]:
         out[f"{node.name}:configure.sh"] = install.render_configure(node, files)
     out["start-service.sh"] = render("start-service.sh", layout=Layout().as_dict(),
                                      name="spark-master")
+    out["notebook-env.sh"] = notebook.render_launcher(inv, notebook.Paths.of())
     return out
 
 
 def _is_shell(name: str, text: str) -> bool:
-    return text.startswith("#!/usr/bin/env bash") or name.endswith("spark-env.sh")
+    return text.startswith(("#!/usr/bin/env bash", "#!/bin/sh")) or name.endswith("spark-env.sh")
 
 
 SETTINGS = [(True, "venv"), (False, "venv"), (True, "conda"), (False, "conda")]
