@@ -137,6 +137,20 @@ def test_secret_and_security_settings_in_spark_defaults() -> None:
         assert "SPARK_WORKER_CORES" not in files["master:spark-env.sh"]
 
 
+def _defaults_conf(local: bool) -> dict[str, str]:
+    text = _all_rendered(local, "venv")["master:spark-defaults.conf"]
+    return dict(line.split(None, 1) for line in text.splitlines()
+                if line and not line.startswith("#"))
+
+
+def test_rpc_encryption_has_integrity_and_spills_are_encrypted() -> None:
+    # Spark's default AES/CTR has no integrity: a man in the middle can flip bits.
+    for local in (True, False):
+        conf = _defaults_conf(local)
+        assert conf["spark.network.crypto.cipher"] == "AES/GCM/NoPadding"
+        assert conf["spark.io.encryption.enabled"] == "true"
+
+
 def test_only_the_service_user_can_read_the_secret() -> None:
     inv = _inventory(local=False)
     files = {Path(f.dest).name: f for f in install.config_files(inv, inv.master, None)}
