@@ -178,6 +178,8 @@ def _user_errors() -> Iterator[None]:
     "root_volume_gb": "root volume size per node, GiB (encrypted gp3)",
     "ami": "AMI id (default: current Ubuntu 24.04 LTS via AWS's public SSM parameter)",
     "operator_cidr": "network allowed to SSH in (default: your public IP/32)",
+    "allow_wide_operator_cidr": "accept an --operator-cidr wider than /16 (refused "
+    "otherwise, as a likely mistake)",
     "ssh_address": "address SSH uses: public (default) or private (VPN/bastion)",
     "bucket": "S3 bucket to use or create (default: sparkfab-<cluster>-<account>-<region>)",
     "max_lifetime_hours": "nodes terminate themselves this many hours after boot",
@@ -190,8 +192,9 @@ def _user_errors() -> Iterator[None]:
 }, auto_shortflags=False)
 def provision(c, cluster=None, region=None, workers=None, master_instance_type=None,
               worker_instance_type=None, spot=False, on_demand=False, root_volume_gb=None,
-              ami=None, operator_cidr=None, ssh_address=None, bucket=None,
-              max_lifetime_hours=None, install=True, drain_timeout=None, config=None):
+              ami=None, operator_cidr=None, allow_wide_operator_cidr=False, ssh_address=None,
+              bucket=None, max_lifetime_hours=None, install=True, drain_timeout=None,
+              config=None):
     """Create, complete or resize the cluster on AWS, write its inventory, install Spark."""
     with _user_errors():
         if spot and on_demand:
@@ -203,6 +206,7 @@ def provision(c, cluster=None, region=None, workers=None, master_instance_type=N
             worker_instance_type=worker_instance_type,
             spot=True if spot else (False if on_demand else None),
             root_volume_gb=root_volume_gb, ami=ami, operator_cidr=operator_cidr,
+            allow_wide_operator_cidr=True if allow_wide_operator_cidr else None,
             ssh_address=ssh_address, bucket=bucket, max_lifetime_hours=max_lifetime_hours)
         say = Reporter(settings.cluster)
         provision_cluster(settings, say, install=install, drain_timeout_s=drain_s)

@@ -42,6 +42,9 @@ SSH_ADDRESSES = ("public", "private")
 # Tag keys sparkfab writes itself; user tags may not override them.
 RESERVED_TAG_PREFIXES = ("aws:", "sparkfab:")
 RESERVED_TAG_KEYS = ("created-by", "Name")
+# operator_cidr: anything wider is refused unless allow_wide_operator_cidr says it is meant.
+WIDEST_OPERATOR_PREFIX = 16
+WIDEST_OPERATOR_PREFIX_V6 = 48
 _SECRET_KEY = re.compile(r"secret|password|token|access_key|credential", re.IGNORECASE)
 
 
@@ -75,6 +78,9 @@ class Settings:
         "your SSH public key (ed25519 or RSA); the private key is this path without .pub"))
     operator_cidr: str | None = field(default=None, metadata=_doc(
         "the only network SSH is allowed from; unset: your public IP/32, looked up once"))
+    allow_wide_operator_cidr: bool = field(default=False, metadata=_doc(
+        f"allow an operator_cidr wider than /{WIDEST_OPERATOR_PREFIX} (IPv6: "
+        f"/{WIDEST_OPERATOR_PREFIX_V6}); refused otherwise, as a likely mistake"))
     ssh_address: str = field(default="public", metadata=_doc(
         "which node address SSH uses: public, or private (VPN, bastion, local cloud)"))
     bucket: str | None = field(default=None, metadata=_doc(
@@ -292,6 +298,12 @@ MAX_LIFETIME_HOURS = 24 * 7
 MAX_IDLE_MINUTES = 24 * 60
 
 
+def _plain_http(url: str) -> bool:
+    """Unencrypted: fine only in the local cloud, whose moto and mirror sit on this
+    machine's private bridge (`local_cloud` set by `fab local-cloud-up`)."""
+    return url.lower().startswith("http://")
+
+
 def _cidr(text: str) -> str:
     net = ipaddress.ip_network(text, strict=False)
     return str(net)
@@ -340,9 +352,16 @@ def validate(s: Settings) -> list[tuple[str, str, str]]:
             bad("operator_cidr", f"operator_cidr {s.operator_cidr!r} is not an IP network",
                 "e.g. 203.0.113.7/32 (your address) or your office's range")
         else:
+            widest = (WIDEST_OPERATOR_PREFIX if net.version == 4
+                      else WIDEST_OPERATOR_PREFIX_V6)
             if net.prefixlen == 0:
                 bad("operator_cidr", f"operator_cidr {s.operator_cidr} opens SSH to the "
                     "whole internet", "give your own address as /32, or your VPN's range")
+            elif net.prefixlen < widest and not s.allow_wide_operator_cidr:
+                bad("operator_cidr", f"operator_cidr {s.operator_cidr} is wider than "
+                    f"/{widest}: SSH would be open to {net.num_addresses:,} addresses",
+                    "give your own address as /32 or your VPN's range; if this range is "
+                    "meant, add --allow-wide-operator-cidr (allow_wide_operator_cidr: true)")
     if s.ssh_address not in SSH_ADDRESSES:
         bad("ssh_address", f"ssh_address {s.ssh_address!r} is not one of "
             f"{', '.join(SSH_ADDRESSES)}", "public (default) or private (VPN/bastion)")
@@ -367,6 +386,11 @@ def validate(s: Settings) -> list[tuple[str, str, str]]:
     if s.endpoint_url is not None and not _URL.match(s.endpoint_url):
         bad("endpoint_url", f"endpoint_url {s.endpoint_url!r} is not an http(s) URL",
             "leave it unset on AWS")
+    elif s.endpoint_url is not None and _plain_http(s.endpoint_url) and s.local_cloud is None:
+        bad("endpoint_url", f"endpoint_url {s.endpoint_url} is plain http: requests and "
+            "presigned URLs would cross the network unencrypted",
+            "use an https:// endpoint (plain http only in the local cloud), or leave it "
+            "unset on AWS")
     if s.vpc_id is not None and not _VPC.match(s.vpc_id):
         bad("vpc_id", f"vpc_id {s.vpc_id!r} is not a VPC id", "e.g. vpc-0123456789abcdef0")
     if s.subnet_id is not None and not _SUBNET.match(s.subnet_id):
@@ -381,6 +405,10 @@ def validate(s: Settings) -> list[tuple[str, str, str]]:
     if s.artifact_source != "bucket" and not _URL.match(s.artifact_source):
         bad("artifact_source", f"artifact_source {s.artifact_source!r} is neither 'bucket' "
             "nor an http(s) URL", "'bucket' stages artifacts into the cluster bucket")
+    elif _plain_http(s.artifact_source) and s.local_cloud is None:
+        bad("artifact_source", f"artifact_source {s.artifact_source} is plain http: the "
+            "mirror's manifest (the checksums the nodes trust) would be readable and "
+            "changeable on the way", "serve the mirror over https://, or use 'bucket'")
     if s.local_cloud is not None and s.endpoint_url is None:
         bad("local_cloud", "local_cloud is set but endpoint_url is not",
             "use the settings file `fab local-cloud-up` writes, unchanged")

@@ -97,3 +97,19 @@ def test_a_bad_flag_ends_the_task_with_error_and_hint(aws_env) -> None:
     lines = str(err.value.message).splitlines()
     assert lines[0].startswith("error: invalid settings: region 'us-east-1'")
     assert lines[1].startswith("hint: ")
+
+
+def test_a_wide_operator_network_needs_the_flag_that_says_it_is_meant(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    _task_settings(cloud, monkeypatch)
+    monkeypatch.setenv("SPARKFAB_PUBLIC_KEY_PATH", str(cloud.home / "id_ed25519.pub"))
+    monkeypatch.setenv("SPARKFAB_AMI_SSM_PARAMETER", cloud.settings().ami_ssm_parameter)
+    with pytest.raises(Exit) as err:
+        tasks.provision(Context(), operator_cidr="10.0.0.0/8", install=False)
+    lines = str(err.value.message).splitlines()
+    assert lines[0].startswith("error: invalid settings: operator_cidr 10.0.0.0/8 is wider")
+    assert "--allow-wide-operator-cidr" in lines[1]
+    assert not cloud.ec2.describe_instances()["Reservations"]
+    tasks.provision(Context(), operator_cidr="10.0.0.0/8", allow_wide_operator_cidr=True,
+                    install=False)
+    assert "SSH allowed from 10.0.0.0/8" in capsys.readouterr().out

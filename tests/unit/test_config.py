@@ -120,3 +120,30 @@ def test_the_example_file_documents_every_key_and_loads() -> None:
     differing = {f.name for f in dataclasses.fields(Settings)
                  if getattr(s, f.name) != getattr(defaults, f.name)}
     assert differing == {"tags"}  # the example shows tags; every other value is the default
+
+
+def test_an_operator_network_wider_than_a_16_is_refused_unless_meant() -> None:
+    with pytest.raises(UserError) as err:
+        load_settings({"operator_cidr": "10.0.0.0/8"}, env={})
+    assert "10.0.0.0/8" in err.value.message and "\n" not in err.value.message
+    assert "--allow-wide-operator-cidr" in err.value.hint
+    assert load_settings({"operator_cidr": "10.0.0.0/8", "allow_wide_operator_cidr": True},
+                         env={}).operator_cidr == "10.0.0.0/8"
+    assert load_settings({"operator_cidr": "10.1.0.0/16"}, env={}).operator_cidr == "10.1.0.0/16"
+    # The whole internet stays refused, meant or not.
+    with pytest.raises(UserError, match="whole internet"):
+        load_settings({"operator_cidr": "0.0.0.0/0", "allow_wide_operator_cidr": True}, env={})
+
+
+@pytest.mark.parametrize("key", ["endpoint_url", "artifact_source"])
+def test_plain_http_is_refused_outside_the_local_cloud(key: str, tmp_path: Path) -> None:
+    with pytest.raises(UserError) as err:
+        load_settings({key: "http://mirror.example.com/sparkfab"}, env={})
+    assert key in err.value.message and "https://" in err.value.hint
+    assert "\n" not in err.value.message
+    https = load_settings({key: "https://mirror.example.com/sparkfab"}, env={})
+    assert getattr(https, key) == "https://mirror.example.com/sparkfab"
+    # The local cloud's moto_server and mirror live on this machine's private bridge.
+    local = {"endpoint_url": "http://10.77.0.1:5000", "local_cloud": str(tmp_path),
+             key: "http://10.77.0.1:5000/mirror"}
+    assert getattr(load_settings(local, env={}), key) == "http://10.77.0.1:5000/mirror"
