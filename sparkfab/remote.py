@@ -193,7 +193,10 @@ class Remote:
         self._checked = True
 
     def _new_connection(self, node: Node) -> Connection:
-        config = Config(overrides={"load_ssh_configs": False, "run": {"in_stream": False}})
+        # No ssh_config (a user's `ForwardAgent yes` or ProxyCommand never reaches a node),
+        # and no agent: neither used for auth nor forwarded.
+        config = Config(overrides={"load_ssh_configs": False, "forward_agent": False,
+                                   "run": {"in_stream": False}})
         conn = Connection(
             host=self.inv.address(node),
             user=self.inv.ssh_user,

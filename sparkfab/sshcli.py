@@ -55,9 +55,19 @@ def find_node(inv: Inventory, which: str | int | None) -> Node:
     raise UserError(f"no node {which!r} in cluster {inv.cluster!r}", f"nodes: {names}")
 
 
-def ssh_options(inv: Inventory) -> list[str]:
-    """Options shared by every system `ssh` sparkfab runs."""
+def ssh_options(inv: Inventory, *, port_forwards: bool = False) -> list[str]:
+    """Options shared by every system `ssh` sparkfab runs.
+
+    `-F none`: no ssh_config is read, so a user's `ForwardAgent yes` (or a ProxyCommand,
+    LocalCommand, forwards) never applies to a node; whoever controls a node could
+    otherwise use the operator's agent. The forwarding options are repeated explicitly
+    for the same reason; `port_forwards` keeps the command line's own -L forwards."""
     return [
+        "-F", "none",
+        "-o", "ForwardAgent=no",
+        "-o", "ForwardX11=no",
+        "-o", "PermitLocalCommand=no",
+        *([] if port_forwards else ["-o", "ClearAllForwardings=yes"]),
         "-i", str(private_key(inv)),
         "-o", "IdentitiesOnly=yes",
         "-o", f"UserKnownHostsFile={known_hosts(inv)}",

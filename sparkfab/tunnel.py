@@ -86,8 +86,8 @@ def plan_one(label: str, preferred: int, remote_host: str, remote_port: int) -> 
 
 
 def ssh_argv(inv: Inventory, forwards: list[Forward]) -> list[str]:
-    argv = ["ssh", *sshcli.ssh_options(inv), "-N", "-o", "ExitOnForwardFailure=yes",
-            "-o", "GatewayPorts=no"]
+    argv = ["ssh", *sshcli.ssh_options(inv, port_forwards=True), "-N",
+            "-o", "ExitOnForwardFailure=yes", "-o", "GatewayPorts=no"]
     for f in forwards:
         argv += ["-L", f.spec]
     return [*argv, inv.address(inv.master)]
