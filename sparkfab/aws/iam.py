@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from botocore.exceptions import ClientError
 
+from sparkfab.artifacts import STAGE_PREFIX
 from sparkfab.aws import tags as T
 from sparkfab.aws.session import error_code
 from sparkfab.errors import UserError
@@ -45,7 +46,7 @@ def names(cluster: str) -> IamNames:
 
 def bucket_policy(bucket: str) -> dict[str, Any]:
     """The nodes' inline policy, rendered from templates/s3-policy.json.j2."""
-    return json.loads(render(POLICY_TEMPLATE, bucket=bucket))
+    return json.loads(render(POLICY_TEMPLATE, bucket=bucket, artifacts_prefix=STAGE_PREFIX))
 
 
 def _missing(exc: ClientError) -> bool:

@@ -49,12 +49,15 @@ def test_iam_policy_names_only_the_cluster_bucket(cloud: Cloud) -> None:
     inv = provision(cloud.settings(bucket="my-data-eu"), cloud.lines(), install=False).inventory
     doc = cloud.iam.get_role_policy(RoleName=inv.role_name,
                                     PolicyName=inv.policy_name)["PolicyDocument"]
-    resources = [r for s in doc["Statement"] for r in
+    allows = [s for s in doc["Statement"] if s["Effect"] == "Allow"]
+    resources = [r for s in allows for r in
                  ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
     assert sorted(resources) == ["arn:aws:s3:::my-data-eu", "arn:aws:s3:::my-data-eu/*"]
-    actions = [a for s in doc["Statement"] for a in s["Action"]]
+    actions = [a for s in allows for a in s["Action"]]
     assert all(a.startswith("s3:") and "*" not in a for a in actions)
-    assert all(s["Effect"] == "Allow" for s in doc["Statement"])
+    # The one Deny: the staged artifacts (tests/unit/test_node_role_access.py).
+    assert [s["Resource"] for s in doc["Statement"] if s["Effect"] != "Allow"] == [
+        "arn:aws:s3:::my-data-eu/sparkfab/artifacts/*"]
     assert cloud.iam.list_attached_role_policies(RoleName=inv.role_name)["AttachedPolicies"] == []
     profile = cloud.iam.get_instance_profile(InstanceProfileName=inv.instance_profile)
     assert [r["RoleName"] for r in profile["InstanceProfile"]["Roles"]] == [inv.role_name]
