@@ -104,7 +104,8 @@ def provision(settings: Settings, say: Say, *, install: bool = True,
 
     with aws_errors(region, f"preparing bucket {bucket}"):
         if storage.ensure_bucket(aws.client("s3"), bucket, region, settings.cluster,
-                                 settings.bucket_versioning, settings.tags, say):
+                                 settings.bucket_versioning, settings.tags, say,
+                                 tls_only=not settings.local_cloud):
             created.append(f"bucket {bucket}")
         bucket_created = T.is_ours(storage.bucket_tags(aws.client("s3"), bucket),
                                    settings.cluster)

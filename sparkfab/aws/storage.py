@@ -1,12 +1,15 @@
-"""The cluster's S3 bucket: in the cluster's EU region, private, encrypted.
+"""The cluster's S3 bucket: in the cluster's EU region, private, encrypted, TLS only.
 
 A bucket sparkfab creates carries the cluster tags (then teardown may delete it, and only
 with --delete-bucket). An existing bucket of the user's is reused as it is, must be in the
-cluster's region (data stays where the user put it), and is never deleted by sparkfab.
+cluster's region (data stays where the user put it), and is never deleted or changed by
+sparkfab: what it lacks (public access block, default encryption, a TLS-only policy) is
+reported as a warning.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +28,118 @@ PUBLIC_ACCESS_BLOCK = {
     "BlockPublicPolicy": True,
     "RestrictPublicBuckets": True,
 }
+
+
+TLS_ONLY_SID = "DenyRequestsWithoutTLS"
+_NO_POLICY = {"NoSuchBucketPolicy"}
+_NO_BLOCK = {"NoSuchPublicAccessBlockConfiguration"}
+_NO_ENCRYPTION = {"ServerSideEncryptionConfigurationNotFoundError"}
+
+
+def tls_only_statement(bucket: str) -> dict[str, Any]:
+    """Deny every request that does not come over TLS (aws:SecureTransport false)."""
+    arn = f"arn:aws:s3:::{bucket}"
+    return {
+        "Sid": TLS_ONLY_SID, "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+        "Resource": [arn, f"{arn}/*"],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
+
+
+def _policy(s3: Any, bucket: str) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"]))
+    except ClientError as exc:
+        if error_code(exc) in _NO_POLICY:
+            return None
+        raise
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def denies_plain_http(policy: dict[str, Any] | None, bucket: str) -> bool:
+    """True when a statement denies everyone every request without TLS on the objects."""
+    for st in _as_list((policy or {}).get("Statement", [])):
+        cond = st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport")
+        if (st.get("Effect") == "Deny" and str(cond).lower() == "false"
+                and st.get("Principal") in ("*", {"AWS": "*"})
+                and {"s3:*", "*"} & set(_as_list(st.get("Action")))
+                and {f"arn:aws:s3:::{bucket}/*", "*"} & set(_as_list(st.get("Resource")))):
+            return True
+    return False
+
+
+def ensure_tls_only(s3: Any, bucket: str) -> bool:
+    """Add the TLS-only statement to the bucket's policy, keeping the rest; True if added."""
+    policy = _policy(s3, bucket)
+    if denies_plain_http(policy, bucket):
+        return False
+    doc = policy or {"Version": "2012-10-17", "Statement": []}
+    doc["Statement"] = [*_as_list(doc.get("Statement", [])), tls_only_statement(bucket)]
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(doc))
+    return True
+
+
+def harden(s3: Any, bucket: str, *, tls_only: bool = True) -> None:
+    """Private, encrypted at rest, and (`tls_only`) unreachable over plain HTTP."""
+    s3.put_public_access_block(Bucket=bucket,
+                               PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK)
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [{
+        "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
+        "BucketKeyEnabled": True,
+    }]})
+    if tls_only:
+        ensure_tls_only(s3, bucket)
+
+
+def _lacks(read: Callable[[], Any], absent: set[str]) -> bool | None:
+    """True when the setting is absent, None when it cannot be read (no permission)."""
+    try:
+        read()
+        return False
+    except ClientError as exc:
+        if error_code(exc) in absent:
+            return True
+        if error_code(exc) in {"AccessDenied", "403"}:
+            return None
+        raise
+
+
+def users_bucket_warnings(s3: Any, bucket: str, *, tls_only: bool = True) -> list[str]:
+    """What an existing bucket of the user's lacks that a sparkfab bucket has."""
+    out = []
+    try:
+        block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+        open_block = not all(block.get(k) for k in PUBLIC_ACCESS_BLOCK)
+    except ClientError as exc:
+        if error_code(exc) in {"AccessDenied", "403"}:
+            open_block = False
+            out.append(f"bucket {bucket}: cannot read its public access block (no permission)")
+        elif error_code(exc) in _NO_BLOCK:
+            open_block = True
+        else:
+            raise
+    if open_block:
+        out.append(f"bucket {bucket}: public access is not fully blocked; nothing stops a "
+                   "policy or ACL from publishing the data (`aws s3api "
+                   "put-public-access-block`)")
+    if _lacks(lambda: s3.get_bucket_encryption(Bucket=bucket), _NO_ENCRYPTION):
+        out.append(f"bucket {bucket}: no default encryption; objects written without it are "
+                   "stored unencrypted (`aws s3api put-bucket-encryption`)")
+    if tls_only:
+        try:
+            plain = not denies_plain_http(_policy(s3, bucket), bucket)
+        except ClientError as exc:
+            if error_code(exc) not in {"AccessDenied", "403"}:
+                raise
+            plain = False
+        if plain:
+            out.append(f"bucket {bucket}: its policy does not deny requests without TLS "
+                       f"(add a Deny on aws:SecureTransport false, as sparkfab's own buckets "
+                       "have)")
+    return out
 
 
 def default_bucket_name(cluster: str, account_id: str, region: str) -> str:
@@ -63,8 +178,10 @@ def exists(s3: Any, bucket: str) -> bool:
 
 
 def ensure_bucket(s3: Any, bucket: str, region: str, cluster: str, versioning: bool,
-                  extra_tags: dict[str, str], say: Say) -> bool:
-    """Create the bucket when missing (True), or check the existing one (False)."""
+                  extra_tags: dict[str, str], say: Say, *, tls_only: bool = True) -> bool:
+    """Create the bucket when missing (True), or check the existing one (False).
+
+    `tls_only` False only for the local cloud, whose moto speaks plain HTTP on a bridge."""
     if exists(s3, bucket):
         where = bucket_region(s3, bucket)
         if where != region:
@@ -80,20 +197,20 @@ def ensure_bucket(s3: Any, bucket: str, region: str, cluster: str, versioning: b
                 f"keeps it while cluster {cluster} exists)")
         else:
             say(f"bucket {bucket}: exists (yours: reused, never deleted)")
+        if creator and tls_only and ensure_tls_only(s3, bucket):
+            say(f"bucket {bucket}: requests without TLS are now denied (bucket policy)")
+        if not creator:
+            for warning in users_bucket_warnings(s3, bucket, tls_only=tls_only):
+                say(f"warning: {warning}")
         return False
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
-    s3.put_public_access_block(Bucket=bucket,
-                               PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK)
-    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [{
-        "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
-        "BucketKeyEnabled": True,
-    }]})
+    harden(s3, bucket, tls_only=tls_only)
     if versioning:
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     s3.put_bucket_tagging(Bucket=bucket, Tagging={
         "TagSet": T.as_list(T.cluster_tags(cluster, extra_tags))})
     say(f"bucket {bucket}: created in {region} (private, encrypted"
-        + (", versioned)" if versioning else ")"))
+        + (", TLS only" if tls_only else "") + (", versioned)" if versioning else ")"))
     return True
 
 

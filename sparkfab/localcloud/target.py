@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from sparkfab import inventory
+from sparkfab.aws import storage
 from sparkfab.errors import UserError
 from sparkfab.localcloud import netns, watcher
 from sparkfab.localcloud.hosts import MOTO_CREDENTIALS, sweep
@@ -250,6 +251,8 @@ def prepare_account(info: CloudInfo, say: Say) -> Placement:
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=info.bucket, CreateBucketConfiguration={
             "LocationConstraint": info.region})
+    # As provision makes one, but reachable over plain HTTP: moto serves the bridge so.
+    storage.harden(s3, info.bucket, tls_only=False)
     say(f"moto: VPC {vpc['VpcId']}, subnet {subnet['SubnetId']} ({info.subnet}), "
         f"AMI {ami_id} via {AMI_PARAMETER}, bucket {info.bucket}")
     return Placement(vpc["VpcId"], subnet["SubnetId"], ami_id)

@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from moto.s3 import models as s3_models
 
 from sparkfab import inventory
 from sparkfab.aws import instances, network, session, teardown
@@ -35,6 +36,27 @@ def _no_lookup() -> str:
     raise AssertionError("the public IP lookup must never run in tests")
 
 
+def _bucket_permission_over_tls(self: Any, action: str, resource: str) -> Any:
+    """moto's bucket-policy check for a request over TLS (in-process boto3 calls go to
+    https:// endpoints). moto evaluates no `Bool` condition and answers DENIED for any
+    statement whose condition it cannot match, so a sparkfab bucket's Deny of plain-HTTP
+    requests would deny every request; as on AWS, such a statement does not apply here."""
+    import json
+
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+
+    if self.policy is None:
+        return PermissionResult.NEUTRAL
+    doc = json.loads(self.policy.decode())
+    statements = doc["Statement"] if isinstance(doc["Statement"], list) else [doc["Statement"]]
+    doc["Statement"] = [
+        st for st in statements
+        if str(st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport")).lower()
+        != "false"
+    ]
+    return IAMPolicy(json.dumps(doc)).is_action_permitted(action, resource)
+
+
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A clean environment: fake credentials, no real AWS config, zero waits, cwd=tmp."""
@@ -48,6 +70,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     # moto's ~1200 default AMIs cost seconds per test; the tests register their own.
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(s3_models.FakeBucket, "get_permission", _bucket_permission_over_tls)
     monkeypatch.setattr(inventory, "INVENTORY_DIR", tmp_path / "inventory")
     monkeypatch.setattr(network, "lookup_public_ip", _no_lookup)
     monkeypatch.setattr(instances, "WAIT_DELAY_S", 0)

@@ -166,3 +166,61 @@ def test_user_data_passes_shellcheck(role: str, tmp_path: Path) -> None:
         out = subprocess.run(["shellcheck", "--shell=bash", str(path)],
                              capture_output=True, text=True)
         assert out.returncode == 0, out.stdout
+
+
+def _tls_statements(s3, bucket: str) -> list[dict]:
+    import json
+
+    try:
+        policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    except s3.exceptions.ClientError:
+        return []
+    return [s for s in policy["Statement"] if "aws:SecureTransport" in json.dumps(s)]
+
+
+def test_a_bucket_sparkfab_makes_refuses_requests_without_tls(cloud: Cloud) -> None:
+    inv = provision(cloud.settings(), cloud.lines(), install=False).inventory
+    arn = f"arn:aws:s3:::{inv.bucket}"
+    assert _tls_statements(cloud.s3, inv.bucket) == [{
+        "Sid": "DenyRequestsWithoutTLS", "Effect": "Deny", "Principal": "*",
+        "Action": "s3:*", "Resource": [arn, f"{arn}/*"],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }]
+    # A bucket made before this rule gets it on the next run, beside what else it says.
+    import json
+
+    other = {"Sid": "TheUsersOwn", "Effect": "Deny", "Principal": "*",
+             "Action": "s3:DeleteBucket", "Resource": arn}
+    cloud.s3.put_bucket_policy(Bucket=inv.bucket, Policy=json.dumps(
+        {"Version": "2012-10-17", "Statement": [other]}))
+    say = cloud.lines()
+    provision(cloud.settings(), say, install=False)
+    policy = json.loads(cloud.s3.get_bucket_policy(Bucket=inv.bucket)["Policy"])
+    assert policy["Statement"][0] == other and len(_tls_statements(cloud.s3, inv.bucket)) == 1
+    assert "without TLS" in say.text
+    say = cloud.lines()
+    provision(cloud.settings(), say, install=False)
+    assert "without TLS" not in say.text  # already there: nothing rewritten
+
+
+def test_a_users_bucket_is_checked_and_left_as_it_is(cloud: Cloud) -> None:
+    cloud.s3.create_bucket(Bucket="users-bare-bucket",
+                           CreateBucketConfiguration={"LocationConstraint": cloud.region})
+    say = cloud.lines()
+    provision(cloud.settings(bucket="users-bare-bucket"), say, install=False)
+    warnings = [line for line in say.text.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 3, say.text
+    assert all("users-bare-bucket" in w for w in warnings)
+    for words in ("public access", "default encryption", "without TLS"):
+        assert sum(words in w for w in warnings) == 1, words
+    # Reported, never changed: it is the user's bucket.
+    assert _tls_statements(cloud.s3, "users-bare-bucket") == []
+    with pytest.raises(cloud.s3.exceptions.ClientError):
+        cloud.s3.get_public_access_block(Bucket="users-bare-bucket")
+
+    cloud.s3.create_bucket(Bucket="users-tidy-bucket",
+                           CreateBucketConfiguration={"LocationConstraint": cloud.region})
+    storage.harden(cloud.s3, "users-tidy-bucket")
+    say = cloud.lines()
+    provision(cloud.settings(cluster="tidy", bucket="users-tidy-bucket"), say, install=False)
+    assert "warning: " not in say.text
