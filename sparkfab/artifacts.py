@@ -57,6 +57,21 @@ class ChecksumMismatch(UserError):
     """A file's digest is not the published one: a corrupt or tampered download."""
 
 
+class BadManifest(UserError):
+    """A manifest (local, staged in the bucket, or a mirror's) with a value that could
+    not have come from sparkfab: refused before any of it reaches a node's shell or path."""
+
+
+# What a manifest may hold: its names and versions become file names, paths and words of
+# the nodes' install scripts, so each is checked against a strict pattern first.
+_ARTIFACT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+_VERSION = re.compile(r"^[0-9]{1,4}(?:\.[0-9]{1,4}){0,3}(?:[.+-]?[A-Za-z0-9]{1,20}){0,3}$")
+_PYTHON_VERSION = re.compile(r"^3\.[0-9]{1,2}$")
+_SHA512 = re.compile(r"^[0-9a-f]{128}$")
+_VERSION_FACTS = {"spark": _VERSION, "hadoop": _VERSION, "python": _PYTHON_VERSION}
+
+
 # ---- versions read off the installed pyspark -------------------------------------------
 
 
@@ -263,9 +278,18 @@ class Mirror:
         if not manifest.exists():
             raise UserError(f"{root} is not an artifact mirror (no {MANIFEST})",
                             hint="build one first, e.g. `python -m sparkfab.localcloud.mirror`")
-        doc = json.loads(manifest.read_text())
-        files = [MirrorFile(**f) for f in doc.get("files", [])]
-        return cls(root, files, dict(doc.get("facts", {})))
+        try:
+            doc = json.loads(manifest.read_text())
+        except ValueError:
+            raise BadManifest(f"{manifest} is not JSON",
+                              hint="rebuild the mirror") from None
+        return cls.from_doc(root, doc, str(manifest))
+
+    @classmethod
+    def from_doc(cls, root: Path, doc: Any, where: str) -> Mirror:
+        """A mirror from a manifest document, every value checked (BadManifest names it)."""
+        files, facts = parse_manifest(doc, where)
+        return cls(root, files, facts)
 
     def verify(self) -> None:
         """Every listed file is present with its recorded size and sha512."""
@@ -277,6 +301,47 @@ class Mirror:
                 raise ChecksumMismatch(f"{p.name}: size {p.stat().st_size} != {f.size}",
                                        hint="rebuild the mirror")
             verify_file(p, STAGED_ALGO, f.sha512)
+
+
+def parse_manifest(doc: Any, where: str) -> tuple[list[MirrorFile], dict[str, Any]]:
+    """The files and facts of a manifest.json, refused (BadManifest) unless every name,
+    file name, digest and version matches its strict pattern."""
+
+    def bad(what: str) -> BadManifest:
+        return BadManifest(f"{where}: {what}; refusing the whole manifest",
+                           hint="a manifest written by sparkfab never holds this: rebuild "
+                           "the mirror or re-stage it (`fab stage`) from one you trust")
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("files", []), list) \
+            or not isinstance(doc.get("facts", {}), dict):
+        raise bad("not a manifest (files: [...], facts: {...})")
+    files: list[MirrorFile] = []
+    fields = set(MirrorFile.__dataclass_fields__)
+    for entry in doc.get("files", []):
+        if not isinstance(entry, dict) or not {"name", "filename", "sha512", "size"} <= \
+                set(entry) <= fields:
+            raise bad(f"file entry {str(entry)[:80]!r} is not name/filename/sha512/size")
+        name, filename, digest, size = (entry["name"], entry["filename"], entry["sha512"],
+                                        entry["size"])
+        if not isinstance(name, str) or not _ARTIFACT_NAME.match(name):
+            raise bad(f"artifact name {name!r} is not a plain name")
+        if not isinstance(filename, str) or not _FILENAME.match(filename):
+            raise bad(f"{name}: file name {filename!r} is not a plain file name")
+        if not isinstance(digest, str) or not _SHA512.match(digest):
+            raise bad(f"{name}: {digest!r} is not a sha512 hex digest")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise bad(f"{name}: size {size!r} is not a byte count")
+        if not isinstance(entry.get("origin", ""), str):
+            raise bad(f"{name}: origin is not text")
+        if name in {f.name for f in files} or filename in {f.filename for f in files}:
+            raise bad(f"{name} ({filename}) is listed twice")
+        files.append(MirrorFile(name, filename, digest, size, entry.get("origin", "")))
+    facts = dict(doc.get("facts", {}))
+    for key, pattern in _VERSION_FACTS.items():
+        value = facts.get(key)
+        if value is not None and (not isinstance(value, str) or not pattern.match(value)):
+            raise bad(f"{key} version {value!r} is not a version number")
+    return files, facts
 
 
 Progress = Callable[[str], None]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sparkfab import artifacts, wheelhouse
+from sparkfab import artifact_pins, artifacts, wheelhouse
 from sparkfab import inventory as inv_mod
 from sparkfab.artifacts import Mirror, StageReport
 from sparkfab.errors import UserError
@@ -68,15 +68,17 @@ def bucket_for(settings: Any, directory: Path | None = None) -> str:
 
 
 def stage_cluster(
-    s3: Any, bucket: str, mirror: Mirror, say: Say = print
+    s3: Any, bucket: str, mirror: Mirror, say: Say = print, directory: Path | None = None
 ) -> StageReport:
-    """Verify the mirror, then copy what the bucket lacks; prints one line per artifact."""
+    """Verify the mirror, then copy what the bucket lacks; prints one line per artifact.
+    What was staged is pinned on this machine (sparkfab.artifact_pins)."""
     t0 = time.monotonic()
     say(f"verifying {len(mirror.files)} artifacts in {mirror.root}")
     mirror.verify()
     say(f"staging into s3://{bucket}/{artifacts.STAGE_PREFIX}")
     report = artifacts.stage(s3, bucket, mirror, progress=say)
     save_staged_manifest(s3, bucket, mirror)
+    say(f"pinned their digests in {artifact_pins.pin(bucket, mirror, directory)}")
     say(f"staged: {len(report.uploaded)} uploaded, {len(report.skipped)} already there "
         f"({time.monotonic() - t0:.1f}s)")
     return report
@@ -103,7 +105,10 @@ def staged_mirror(s3: Any, bucket: str) -> Mirror | None:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return None
         raise
-    doc = json.loads(body)
-    files = [artifacts.MirrorFile(**f) for f in doc.get("files", [])]
-    return Mirror(Path(f"s3://{bucket}/{artifacts.STAGE_PREFIX}"), files,
-                  dict(doc.get("facts", {})))
+    where = f"s3://{bucket}/{STAGED_MANIFEST_KEY}"
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise artifacts.BadManifest(f"{where} is not JSON",
+                                    hint="re-stage the artifacts (`fab stage`)") from None
+    return Mirror.from_doc(Path(f"s3://{bucket}/{artifacts.STAGE_PREFIX}"), doc, where)
