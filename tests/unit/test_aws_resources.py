@@ -149,7 +149,8 @@ def test_workers_watch_their_master_and_the_master_watches_nobody() -> None:
     settings = Settings(cluster="demo", region="eu-west-3")
     master = instances.user_data(settings, ROLE_MASTER, "10.0.0.4")
     worker = instances.user_data(settings, ROLE_WORKER, "10.0.0.4")
-    assert "/dev/tcp/10.0.0.4/22" in worker
+    # The address is an argument of the probe, never part of its code.
+    assert "master_ip=10.0.0.4\n" in worker and '"/dev/tcp/$1/22"\' _ "$master_ip"' in worker
     assert "/dev/tcp/" not in master
 
 
