@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import socket
@@ -38,7 +39,10 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 15.0
 TAIL_LINES = 15
 CHANGE_MARK = "sparkfab-changed: "  # printed by the step scripts (templates/_lib.sh.j2)
-STEP_DIR = ".sparkfab/steps"  # in the SSH user's home; 0700
+HOME_DIR = ".sparkfab"  # in the SSH user's home, 0700: step scripts and uploads pass here
+STEP_DIR = f"{HOME_DIR}/steps"
+# Makes HOME_DIR (and below it DIR) private, whether or not they existed.
+PRIVATE_DIR_COMMAND = "mkdir -p -m 0700 {dir} && chmod 0700 " + HOME_DIR + " {dir}"
 T = TypeVar("T")
 
 
@@ -392,12 +396,13 @@ class Remote:
     def run_script(
         self, node: Node, step: str, script: str, *, timeout: float | None = None
     ) -> StepResult:
-        """Upload a rendered script to ~/.sparkfab/steps/<step>.sh and run it as root."""
+        """Upload a rendered script to ~/.sparkfab/steps/<step>.sh, run it as root, and
+        remove it (whatever the outcome)."""
         start = time.monotonic()
         path = f"{STEP_DIR}/{step}.sh"
         try:
             conn = self.connection(node)
-            conn.run(f"mkdir -p -m 0700 {STEP_DIR}", hide=True, in_stream=False)
+            conn.run(PRIVATE_DIR_COMMAND.format(dir=STEP_DIR), hide=True, in_stream=False)
             self.put_text(node, script, path, 0o700)
         except SshError as exc:
             return StepResult(node.name, step, False, time.monotonic() - start,
@@ -406,7 +411,12 @@ class Remote:
             msg = f"upload failed: {exc}"
             return StepResult(node.name, step, False, time.monotonic() - start,
                               error=msg, tail=[msg])
-        result = self.run(node, f"bash {path}", step=step, timeout=timeout)
+        try:
+            result = self.run(node, f"bash {path}", step=step, timeout=timeout)
+        finally:
+            # The rendered step may hold the Spark secret (config): never left behind.
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException, SshError):
+                conn.run(f"rm -f {path}", hide=True, warn=True, in_stream=False)
         result.seconds = time.monotonic() - start
         return result
 
