@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from sparkfab import spark
 from sparkfab.errors import UserError
 from sparkfab.inventory import Inventory
 from sparkfab.layout import LAYOUT
+from sparkfab.remote import HOME_DIR, PRIVATE_DIR_COMMAND
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 # The service name: sparkfab-service runs bin_dir/NAME (systemd: NAME.service + NAME.timer).
@@ -37,6 +39,7 @@ AWS_SHUTDOWN = ("shutdown", "-h", "now")
 # In the local cloud the "instances" share this machine's kernel: a real shutdown would
 # power off the host. There the guard stops the master daemon instead, which a test sees.
 LOCAL_CLOUD_SHUTDOWN = (f"{LAYOUT.bin_dir}/sparkfab-service", "stop", "spark-master")
+_STAGING = re.compile(re.escape(HOME_DIR) + r"/idle-guard\.[A-Za-z0-9]{8}")
 # Interactive logins (utmp): an operator's `fab ssh` shell keeps the cluster up.
 SESSIONS = ("who",)
 
@@ -196,14 +199,22 @@ def install(conn: Any, cfg: GuardConfig) -> None:
     sudo = "" if getattr(conn, "user", "root") == "root" else "sudo -n "
     files = {SCRIPT_PATH: (render_script(cfg), "0755")}
     files.update({path: (text, "0644") for path, text in render_units(cfg).items()})
-    for path, (text, mode) in files.items():
-        staging = f"/tmp/sparkfab-{Path(path).name}"
-        conn.put(io.BytesIO(text.encode()), staging)
-        conn.run(
-            f"{sudo}install -D -m {mode} {shlex.quote(staging)} {shlex.quote(path)} && "
-            f"rm -f {shlex.quote(staging)}",
-            hide=True,
-        )
+    # Staged in a new folder of the SSH user's private ~/.sparkfab, never a fixed /tmp
+    # path another user of the master could create first (root installs what is there).
+    made = conn.run(f"{PRIVATE_DIR_COMMAND.format(dir=HOME_DIR)} && "
+                    f"mktemp -d {HOME_DIR}/idle-guard.XXXXXXXX", hide=True)
+    staging = made.stdout.strip()
+    if not _STAGING.fullmatch(staging):
+        raise UserError(f"could not make a staging folder on the master (got {staging!r})",
+                        "check the SSH user's home on the master (`fab ssh`)")
+    try:
+        for path, (text, mode) in files.items():
+            staged = f"{staging}/{Path(path).name}"
+            conn.put(io.BytesIO(text.encode()), staged)
+            conn.run(f"{sudo}install -D -m {mode} {shlex.quote(staged)} {shlex.quote(path)}",
+                     hide=True)
+    finally:
+        conn.run(f"rm -rf {shlex.quote(staging)}", hide=True, warn=True)
     conn.run(f"{sudo}mkdir -p {shlex.quote(str(Path(cfg.state_file).parent))}", hide=True)
     conn.run(f"{sudo}sh -c {shlex.quote(start_command())}", hide=True)
 

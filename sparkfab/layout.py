@@ -26,6 +26,7 @@ class Layout:
     wheelhouse: str = f"{SPARKFAB_HOME}/wheelhouse"
     run_dir: str = "/run/sparkfab"  # supervisor pid files (gone after a reboot, as they should)
     work_dir: str = "/var/lib/spark/work"  # workers: application directories
+    runs_dir: str = "/var/lib/spark/runs"  # run-job's folders, the service user's, 0700
     local_dir: str = "/var/lib/spark/local"  # shuffle and spill files
     log_dir: str = "/var/log/spark"
     # `fab notebook`: the service user's (its home is /var/lib/spark); notebooks/ is the

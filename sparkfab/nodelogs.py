@@ -19,6 +19,7 @@ from sparkfab import idleguard, spark
 from sparkfab.errors import UserError
 from sparkfab.inventory import Inventory, Node
 from sparkfab.layout import LAYOUT, Layout
+from sparkfab.remote import HOME_DIR
 from sparkfab.render import render
 
 UNITS = ("spark-master", "spark-worker", idleguard.UNIT)
@@ -59,7 +60,8 @@ def unpack(archive: Path, dest: Path) -> int:
 
 def fetch_node(remote: Any, inv: Inventory, node: Node, dest: Path) -> int:
     """Collect on the node, download, unpack under dest/<node name>; returns the file count."""
-    archive = f"/tmp/sparkfab-logs-{node.name}-{time.time_ns()}.tgz"
+    # In the SSH user's private ~/.sparkfab (run_script makes it 0700), not a shared /tmp.
+    archive = f"{HOME_DIR}/logs-{node.instance_id}-{time.time_ns()}.tgz"
     script = collect_script(node, archive, inv.ssh_user)
     result = remote.run_script(node, "collect-logs", script, timeout=300)
     if not result.ok:

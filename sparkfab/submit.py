@@ -35,6 +35,7 @@ from sparkfab import ports, s3path, spark
 from sparkfab.errors import UserError
 from sparkfab.inventory import Inventory
 from sparkfab.layout import LAYOUT, Layout
+from sparkfab.remote import HOME_DIR, PRIVATE_DIR_COMMAND
 from sparkfab.s3path import S3Path
 from sparkfab.sparklog import DriverLog, LineSplitter
 from sparkfab.transfer import s3_error
@@ -164,8 +165,15 @@ def check_job_args(job_args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(job_args)
 
 
-def run_dir(run_id: str) -> str:
-    return f"/tmp/sparkfab-run-{run_id}"
+def run_dir(run_id: str, layout: Layout = LAYOUT) -> str:
+    """The run's folder on the master: in the service user's own 0700 folder (never /tmp,
+    where another user could plant a file or link first), made by that user."""
+    return f"{layout.runs_dir}/{run_id}"
+
+
+def staged_zip(run_id: str) -> str:
+    """Where the job's zip is uploaded: the SSH user's private ~/.sparkfab (0700)."""
+    return f"{HOME_DIR}/job-{run_id}.zip"
 
 
 def as_service_user(ssh_user: str, layout: Layout = LAYOUT) -> str:
@@ -207,16 +215,18 @@ def submit_argv(
 
 
 def prepare_command(inv: Inventory, staged_zip: str, run: str, layout: Layout = LAYOUT) -> str:
-    """Move the uploaded zip into a run folder owned by the service user and unpack it."""
-    sudo = "" if inv.ssh_user == "root" else "sudo -n "
-    user = shlex.quote(layout.service_user)
+    """The service user makes a new run folder (mkdir fails if it exists) in its private
+    runs folder and writes the uploaded zip there from stdin: root never writes into a
+    folder that user controls. Then the zip is unpacked."""
     q = shlex.quote
+    spark = as_service_user(inv.ssh_user, layout)
     return " && ".join([
-        f"{sudo}install -d -o {user} -g {user} -m 0750 {q(run)}",
-        f"{sudo}install -o {user} -g {user} -m 0640 {q(staged_zip)} {q(run + '/' + BUNDLE)}",
+        f"{spark}mkdir -p -m 0700 {q(layout.runs_dir)}",
+        f"{spark}chmod 0700 {q(layout.runs_dir)}",
+        f"{spark}mkdir -m 0700 {q(run)}",
+        f"{spark}sh -c 'cat >\"$1\"' _ {q(run + '/' + BUNDLE)} <{q(staged_zip)}",
         f"rm -f {q(staged_zip)}",
-        f"{as_service_user(inv.ssh_user, layout)}{q(layout.python)} -m zipfile "
-        f"-e {q(run + '/' + BUNDLE)} {q(run)}",
+        f"{spark}{q(layout.python)} -m zipfile -e {q(run + '/' + BUNDLE)} {q(run)}",
     ])
 
 
@@ -230,15 +240,25 @@ def remote_submit_command(inv: Inventory, app: App, run: str, layout: Layout = L
     return f"{as_service_user(inv.ssh_user, layout)}setsid -w sh -c {shlex.quote(inner)}"
 
 
-def stop_command(inv: Inventory, run: str) -> str:
-    sudo = "" if inv.ssh_user == "root" else "sudo -n "
+# driver.pid is written by the service user: only a plain process id above 1 is signalled
+# ("0", "-1", "1" or text would reach other process groups), and only as that user.
+_STOP_DRIVER = (
+    'pid=$(cat "$1" 2>/dev/null) || exit 0\n'
+    'case $pid in\n'
+    '    ""|*[!0-9]*|0*|1) echo "not a driver pid: $pid" >&2; exit 0 ;;\n'
+    'esac\n'
+    'kill -TERM -- "-$pid"\n'
+)
+
+
+def stop_command(inv: Inventory, run: str, layout: Layout = LAYOUT) -> str:
     pidfile = shlex.quote(f"{run}/driver.pid")
-    return f"{sudo}sh -c 'kill -TERM -- -$(cat {pidfile})' 2>/dev/null || true"
+    return (f"{as_service_user(inv.ssh_user, layout)}sh -c {shlex.quote(_STOP_DRIVER)} _ "
+            f"{pidfile} 2>/dev/null || true")
 
 
-def cleanup_command(inv: Inventory, run: str) -> str:
-    sudo = "" if inv.ssh_user == "root" else "sudo -n "
-    return f"{sudo}rm -rf {shlex.quote(run)}"
+def cleanup_command(inv: Inventory, run: str, layout: Layout = LAYOUT) -> str:
+    return f"{as_service_user(inv.ssh_user, layout)}rm -rf {shlex.quote(run)}"
 
 
 # ---- checks from the operator's machine, before any SSH ---------------------------------
@@ -424,8 +444,9 @@ def run_app(
         out.flush()
 
     conn = remote.connection(master)
-    staged = f"/tmp/sparkfab-job-{run_id}.zip"
+    staged = staged_zip(run_id)
     show(f"shipping {app.entry} to {master.name} ({inv.address(master)}), run {run_id}")
+    conn.run(PRIVATE_DIR_COMMAND.format(dir=HOME_DIR), hide=True, in_stream=False)
     conn.put(io.BytesIO(bundle(app)), staged)
     prep = conn.run(prepare_command(inv, staged, run), hide=True, warn=True, in_stream=False)
     if not prep.ok:

@@ -128,3 +128,36 @@ def test_unpack_refuses_paths_outside_the_folder(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="outside"):
         nodelogs.unpack(evil, tmp_path / "dest")
     assert not (tmp_path.parent / "escaped.txt").exists()
+
+
+def test_a_nodes_log_archive_passes_through_its_private_folder_not_tmp(
+        inv: Inventory, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    seen: dict[str, str] = {}
+
+    class Conn:
+        def get(self, remote: str, local: str) -> None:
+            seen["got"] = remote
+            with tarfile.open(local, "w:gz") as tar:
+                data = b"log line\n"
+                info = tarfile.TarInfo("daemons/spark-worker.log")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+        def run(self, command: str, **kw: object) -> None:
+            seen["removed"] = command
+
+    class FakeRemote:
+        def run_script(self, node: Node, step: str, script: str, timeout: int) -> object:
+            seen["script"] = script
+            return SimpleNamespace(ok=True, error="", exit_code=0, tail=[])
+
+        def connection(self, node: Node) -> Conn:
+            return Conn()
+
+    count = nodelogs.fetch_node(FakeRemote(), inv, inv.workers[0], tmp_path / "logs")
+    assert count == 1
+    assert seen["got"].startswith(".sparkfab/logs-i-w1-") and seen["got"].endswith(".tgz")
+    assert f"out={seen['got']}\n" in seen["script"]
+    assert seen["removed"] == f"rm -f {seen['got']}"

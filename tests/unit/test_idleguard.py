@@ -224,3 +224,46 @@ def test_describe_shows_the_time_left() -> None:
     stale = dict(idle, checked_at=now - 3 * 3600)
     assert "may be down" in idleguard.describe(stale, now)
     assert "no report yet" in idleguard.describe(None, now)
+
+
+class _RecordingConnection:
+    """A Fabric-like connection that records uploads and commands; `mktemp` answers."""
+
+    def __init__(self, user: str, made: str = ".sparkfab/idle-guard.Ab3dE6gH") -> None:
+        self.user, self.made = user, made
+        self.commands: list[str] = []
+        self.uploads: dict[str, bytes] = {}
+
+    def run(self, command: str, **kw: object) -> object:
+        from types import SimpleNamespace
+
+        self.commands.append(command)
+        out = self.made + "\n" if "mktemp -d" in command else ""
+        return SimpleNamespace(ok=True, exited=0, stdout=out, stderr="")
+
+    def put(self, local: object, remote: str) -> None:
+        self.uploads[remote] = local.read()  # type: ignore[attr-defined]
+
+
+def test_the_guard_is_staged_in_a_fresh_private_folder_never_in_tmp(tmp_path: Path) -> None:
+    conn = _RecordingConnection("ubuntu")
+    cfg = idleguard.GuardConfig("demo", "http://10.0.0.4:8080/json/", 60)
+    idleguard.install(conn, cfg)
+    # A new folder under the SSH user's 0700 ~/.sparkfab, made by mktemp -d...
+    assert conn.commands[0].startswith("mkdir -p -m 0700 .sparkfab && chmod 0700 .sparkfab")
+    assert conn.commands[0].endswith("mktemp -d .sparkfab/idle-guard.XXXXXXXX")
+    assert sorted(conn.uploads) == sorted(f"{conn.made}/{Path(p).name}" for p in
+                                          [idleguard.SCRIPT_PATH, *idleguard.render_units(cfg)])
+    installs = [c for c in conn.commands if " install -D " in f" {c}"]
+    assert len(installs) == 3 and all(c.startswith("sudo -n install -D -m 0") for c in installs)
+    # ... removed afterwards; nothing ever passes through a shared /tmp.
+    assert f"rm -rf {conn.made}" in conn.commands
+    assert not [c for c in conn.commands if "/tmp" in c]
+    assert not [p for p in conn.uploads if p.startswith("/")]
+
+
+def test_a_staging_folder_not_made_by_mktemp_is_refused() -> None:
+    conn = _RecordingConnection("root", made="/tmp/sparkfab-idle")
+    with pytest.raises(UserError, match="staging folder"):
+        idleguard.install(conn, idleguard.GuardConfig("demo", "http://10.0.0.4:8080/json/", 60))
+    assert conn.uploads == {}

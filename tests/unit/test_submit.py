@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shlex
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -78,8 +79,50 @@ def test_the_driver_runs_as_the_service_user_in_its_own_session(user: str, prefi
                             "| cut -d: -f6)\" && echo $$ > driver.pid && exec ")
     assert shlex.split(inner.split(" exec ", 1)[1]) == submit.app_argv(
         inv, app, "/tmp/sparkfab-run-x")
-    assert "kill -TERM -- -$(cat /tmp/sparkfab-run-x/driver.pid)" in submit.stop_command(
-        inv, "/tmp/sparkfab-run-x")
+    # Stopped and cleaned up as that user too: root never acts on what it wrote.
+    for command in (submit.stop_command(inv, "/tmp/sparkfab-run-x"),
+                    submit.cleanup_command(inv, "/tmp/sparkfab-run-x")):
+        assert shlex.split(command)[:len(prefix)] == prefix
+
+
+@pytest.mark.parametrize(("pid", "signalled"), [
+    ("4242", "-TERM -- -4242"), ("4242\n", "-TERM -- -4242"),
+    ("1", None), ("0", None), ("-1", None), ("00", None), ("017", None), ("", None),
+    ("12 34", None), ("1;reboot", None), ("$(touch pwned)", None), ("4242abc", None),
+])
+def test_stop_signals_only_a_plain_driver_pid(pid: str, signalled: str | None,
+                                             tmp_path: Path) -> None:
+    """driver.pid is written by the service user; what it says must never make `kill`
+    reach init's group (1), every process (-1) or the caller's own group (0)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "driver.pid").write_text(pid)
+    command = shlex.split(submit.stop_command(inventory("root"), str(run)))
+    inner, args = command[command.index("-c") + 1], command[command.index("-c") + 2:]
+    args = args[:args.index("2>/dev/null")] if "2>/dev/null" in args else args
+    probe = subprocess.run(
+        ["sh", "-c", f'kill() {{ echo "$*" >>"{tmp_path}/kills"; }}\n{inner}', *args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=30)
+    assert probe.returncode == 0, probe.stderr
+    kills = (tmp_path / "kills").read_text().splitlines() if (tmp_path / "kills").exists() \
+        else []
+    assert kills == ([signalled] if signalled else [])
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_the_run_folder_and_the_upload_avoid_shared_tmp() -> None:
+    run = submit.run_dir("20261201-000000-abcdef")
+    assert run == "/var/lib/spark/runs/20261201-000000-abcdef"
+    staged = submit.staged_zip("20261201-000000-abcdef")
+    assert staged == ".sparkfab/job-20261201-000000-abcdef.zip"  # the SSH user's 0700 home
+    steps = submit.prepare_command(inventory("ubuntu"), staged, run).split(" && ")
+    spark = "sudo -n -u spark -- "
+    assert steps[0] == f"{spark}mkdir -p -m 0700 /var/lib/spark/runs"
+    assert steps[2] == f"{spark}mkdir -m 0700 {run}"  # fails if anyone made it first
+    # The zip reaches the run folder through the service user's own write, from stdin.
+    assert steps[3] == f"{spark}sh -c 'cat >\"$1\"' _ {run}/{submit.BUNDLE} <{staged}"
+    assert all(s.startswith(spark) or s == f"rm -f {staged}" for s in steps)
+    assert "/tmp" not in " ".join(steps)
 
 
 def test_run_job_sets_input_and_output_itself() -> None:
@@ -303,9 +346,11 @@ def test_a_successful_run_ships_the_job_streams_and_returns_the_manifest(
     assert result.manifest == MANIFEST
     (staged, payload), = master.uploads.items()
     assert zipfile.ZipFile(io.BytesIO(payload)).namelist() == ["featurize_pca.py", "job.zip"]
-    assert staged in master.commands[0]  # prepared: moved into the run folder and unpacked
-    assert "spark-submit" in master.commands[1]
-    assert master.commands[-1].startswith("sudo -n rm -rf /tmp/sparkfab-run-")
+    assert staged.startswith(".sparkfab/job-")  # the SSH user's private folder, not /tmp
+    assert master.commands[0].startswith("mkdir -p -m 0700 .sparkfab && chmod 0700")
+    assert staged in master.commands[1]  # prepared: moved into the run folder and unpacked
+    assert "spark-submit" in master.commands[2]
+    assert master.commands[-1].startswith("sudo -n -u spark -- rm -rf /var/lib/spark/runs/")
     shown = out.getvalue()
     assert "[spark] executor 1 on 10.0.1.12 (2 cores)" in shown
     assert "tasks finished per host: 10.0.1.11: 3, 10.0.1.12: 1" in shown
@@ -324,7 +369,7 @@ def test_a_failed_job_is_one_clear_error_and_nonzero(s3, tmp_path: Path) -> None
         "the job failed on the cluster (exit 2): error: no .jpg/.jpeg/.png files under "
         f"s3a://{BUCKET}/images/fruits/ (1 other files skipped)")
     assert "driver's full log" in err.value.hint
-    assert master.commands[-1].startswith("sudo -n rm -rf /tmp/sparkfab-run-")
+    assert master.commands[-1].startswith("sudo -n -u spark -- rm -rf /var/lib/spark/runs/")
 
 
 def test_exit_zero_without_a_committed_run_is_still_a_failure(s3, tmp_path: Path) -> None:
@@ -418,4 +463,4 @@ def test_a_failing_script_returns_its_exit_status_and_cleans_up(s3, tmp_path: Pa
     assert "ValueError: the input is odd" in done.log_path.read_text()
     (staged, payload), = master.uploads.items()
     assert zipfile.ZipFile(io.BytesIO(payload)).namelist() == ["fail.py"]
-    assert master.commands[-1].startswith("sudo -n rm -rf /tmp/sparkfab-run-")
+    assert master.commands[-1].startswith("sudo -n -u spark -- rm -rf /var/lib/spark/runs/")
