@@ -1,7 +1,8 @@
 """The job's Python packages as ONE tarball of wheels, so a node fetches one URL, offline.
 
-Only what the job imports on the cluster goes in (pyspark, TensorFlow, Pillow, pyarrow,
-pandas, numpy, matplotlib and their dependencies); fabric, boto3 and the other operator-side
+Only what the job imports on the cluster goes in (pyspark, TensorFlow, ONNX Runtime, tf2onnx,
+Pillow, pyarrow, pandas, numpy, matplotlib and their dependencies); fabric, boto3 and the
+other operator-side
 packages stay here. Versions are sparkfab's own pins, and every transitive dependency is
 constrained to the version installed in this environment, so nodes run what the tests ran.
 """
@@ -19,7 +20,9 @@ from pathlib import Path
 from sparkfab.errors import UserError
 
 # What the job needs on every node; the pins themselves live in pyproject.toml.
-JOB_PACKAGES = ("pyspark", "tensorflow-cpu", "pillow", "pyarrow", "pandas", "numpy", "matplotlib")
+# TensorFlow and tf2onnx serve the driver (on the master), onnxruntime the executors.
+JOB_PACKAGES = ("pyspark", "tensorflow-cpu", "onnxruntime", "tf2onnx", "onnx", "pillow",
+                "pyarrow", "pandas", "numpy", "matplotlib")
 # manylinux_2_34: glibc 2.34+, i.e. Amazon Linux 2023, Ubuntu 22.04+, Debian 12+.
 DEFAULT_PLATFORM = "manylinux_2_34_x86_64"
 _MANYLINUX = re.compile(r"^manylinux_2_(\d+)_(\w+)$")
