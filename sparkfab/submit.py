@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from botocore.exceptions import BotoCoreError, ClientError
 from paramiko.ssh_exception import SSHException
 
-from sparkfab import ports, s3path, spark
+from sparkfab import ports, s3path, spark, weights
 from sparkfab.errors import UserError
 from sparkfab.inventory import Inventory
 from sparkfab.layout import LAYOUT, Layout
@@ -39,7 +39,7 @@ ENTRY = "featurize_pca.py"
 APP_NAME = "sparkfab-featurize-pca"
 MANIFEST = "manifest.json"
 SUCCESS_MARKER = "_SUCCESS"
-WEIGHTS_PREFIX = "sparkfab/weights/"  # where a local --weights file is staged in the bucket
+WEIGHTS_PREFIX = weights.PREFIX  # where a local --weights file is staged in the bucket
 # run-job sets these itself; passing them through as job options would contradict it.
 _RESERVED = ("--input", "--output", "--master")
 
@@ -197,6 +197,28 @@ def preflight(s3: Any, inv: Inventory, req: JobRequest) -> None:
         )
 
 
+def default_weights(
+    s3: Any, inv: Inventory, job_args: tuple[str, ...], out: TextIO
+) -> tuple[str, ...]:
+    """No `--weights` given: the copy `fab stage` put in the cluster's bucket. The driver
+    never downloads weights at run time (a VPC without egress, or the local cloud)."""
+    if any(a == "--weights" or a.startswith("--weights=") for a in job_args):
+        return job_args
+    try:
+        staged = weights.staged_default(s3, inv.bucket) if inv.bucket else None
+    except (ClientError, BotoCoreError) as exc:
+        raise s3_error(exc, inv.bucket, "read the staged weights") from exc
+    if staged is None:
+        raise UserError(
+            f"no --weights given and none staged in s3://{inv.bucket}/{weights.PREFIX}",
+            "run `fab stage` (it stages the weights too: --weights imagenet|demo|FILE), "
+            "or give --weights FILE",
+        )
+    url = staged.s3a(inv.bucket)
+    out.write(f"weights: {url} (staged {staged.source}, sha256 {staged.sha256[:16]})\n")
+    return (*job_args, "--weights", url)
+
+
 def stage_local_weights(
     s3: Any, inv: Inventory, job_args: tuple[str, ...], out: TextIO
 ) -> tuple[str, ...]:
@@ -321,7 +343,8 @@ def run_on_cluster(
     out = out or sys.stdout
     start = time.monotonic()
     preflight(s3, inv, req)
-    req = JobRequest(req.input, req.output, stage_local_weights(s3, inv, req.job_args, out))
+    job_args = default_weights(s3, inv, req.job_args, out)
+    req = JobRequest(req.input, req.output, stage_local_weights(s3, inv, job_args, out))
     run_id = new_run_id()
     run = run_dir(run_id)
     master = inv.master
