@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@$(BIN)/pip install -qq -e '.[dev]'
 	@touch $@
 
-$(WEIGHTS): $(STAMP)
+$(WEIGHTS): | $(STAMP)  # order-only: a reinstall does not rebuild the weights
 	@echo "setup: building the offline demo weights $@"
 	@$(BIN)/python -m sparkfab.demo_weights --out $@
 

@@ -133,10 +133,12 @@ def submit_main(argv: list[str] | None = None) -> int:
     return 0  # not reached
 
 
-# What TensorFlow's C++ prints at import before its logging is set up (TF_CPP_MIN_LOG_LEVEL
-# does not reach it): four lines of no use to a user, in every process importing it.
+# Lines of no use to a user that no setting turns off: what TensorFlow's C++ prints at
+# import before its logging is set up (TF_CPP_MIN_LOG_LEVEL does not reach it), and the
+# JVM's note on the incubator module Spark 4 enables.
 _NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)"
-                    r"|I0000 [0-9:. ]+\d+ port\.cc:\d+\] oneDNN custom operations)")
+                    r"|I0000 [0-9:. ]+\d+ port\.cc:\d+\] oneDNN custom operations"
+                    r"|WARNING: Using incubator modules: jdk\.incubator\.vector$)")
 
 
 def _pump(src: IO[str], dst: IO[str], errors: list[str], last: list[str]) -> None:

@@ -140,6 +140,7 @@ def test_the_noise_tensorflow_prints_at_import_is_dropped_and_the_rest_kept() ->
              "STDERR\n",
              "I0000 00:00:1796162435.661410   26507 port.cc:153] oneDNN custom operations are "
              "on. You may see slightly different numerical results\n",
+             "WARNING: Using incubator modules: jdk.incubator.vector\n",
              "[featurize_pca] list ...\n", "error: input path does not exist: /x\n"]
     shown, errors = io.StringIO(), []
     localjob._pump(io.StringIO("".join(lines)), shown, errors, [])
