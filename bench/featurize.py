@@ -50,7 +50,14 @@ def prepare(n: int) -> tuple[Path, list[Path]]:
 def raw_model(pixels, weights: list, engine: str, size: int, batch: int,
               threads: int) -> float:
     """(a): the engine's model alone over pre-decoded tensors, as the executors build it."""
-    payload = engines.prepare(engine, weights, size).payload
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as empty_cache:  # a fresh conversion, timed
+        prepared = engines.prepare(engine, weights, size, cache_dir=Path(empty_cache))
+    if "conversion_s" in prepared.facts:
+        print(f"    {engine}: conversion on the driver, not cached: "
+              f"{prepared.facts['conversion_s']:.1f} s", flush=True)
+    payload = prepared.payload
     infer = engines.build(engine, payload, size, threads)
     infer(pixels[:batch])  # trace / first run, warm up
     start = time.perf_counter()
