@@ -43,7 +43,8 @@ _JOB_HELP = {
     "input_size": "model input size in pixels (default 224)",
     "batch_size": "images per model call (default 16)",
     "engine": "inference engine on the executors: onnx (default; ONNX Runtime on the model "
-    "the driver converts once, about 2.5x faster here) or tensorflow (the reference path)",
+    "the driver converts once: 2.6-3.2x TensorFlow's rate on the test machine) or tensorflow "
+    "(the reference path)",
     "tf_threads": "the engine's intra-op threads per Python worker (default 1)",
     "images_per_partition": "target images per Spark task (default 256)",
     "cores": "local mode: cores to use (default: all)",
