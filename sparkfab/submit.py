@@ -31,7 +31,7 @@ from typing import Any, TextIO
 from botocore.exceptions import BotoCoreError, ClientError
 from paramiko.ssh_exception import SSHException
 
-from sparkfab import ports, s3path, spark
+from sparkfab import ports, s3path, spark, weights
 from sparkfab.errors import UserError
 from sparkfab.inventory import Inventory
 from sparkfab.layout import LAYOUT, Layout
@@ -46,7 +46,7 @@ APP_NAME = "sparkfab-featurize-pca"
 MANIFEST = "manifest.json"
 SUCCESS_MARKER = "_SUCCESS"
 BUNDLE = ".bundle.zip"  # the shipped files, in the run folder; no App file starts with "."
-WEIGHTS_PREFIX = "sparkfab/weights/"  # where a local --weights file is staged in the bucket
+WEIGHTS_PREFIX = weights.PREFIX  # where a local --weights file is staged in the bucket
 # run-job sets these itself; passing them through as job options would contradict it.
 _RESERVED = ("--input", "--output", "--master")
 
@@ -300,6 +300,28 @@ def preflight(s3: Any, inv: Inventory, req: JobRequest) -> None:
         )
 
 
+def default_weights(
+    s3: Any, inv: Inventory, job_args: tuple[str, ...], out: TextIO
+) -> tuple[str, ...]:
+    """No `--weights` given: the copy `fab stage` put in the cluster's bucket. The driver
+    never downloads weights at run time (a VPC without egress, or the local cloud)."""
+    if any(a == "--weights" or a.startswith("--weights=") for a in job_args):
+        return job_args
+    try:
+        staged = weights.staged_default(s3, inv.bucket) if inv.bucket else None
+    except (ClientError, BotoCoreError) as exc:
+        raise s3_error(exc, inv.bucket, "read the staged weights") from exc
+    if staged is None:
+        raise UserError(
+            f"no --weights given and none staged in s3://{inv.bucket}/{weights.PREFIX}",
+            "run `fab stage` (it stages the weights too: --weights imagenet|demo|FILE), "
+            "or give --weights FILE",
+        )
+    url = staged.s3a(inv.bucket)
+    out.write(f"weights: {url} (staged {staged.source}, sha256 {staged.sha256[:16]})\n")
+    return (*job_args, "--weights", url)
+
+
 def stage_local_weights(
     s3: Any, inv: Inventory, job_args: tuple[str, ...], out: TextIO
 ) -> tuple[str, ...]:
@@ -504,7 +526,8 @@ def run_on_cluster(
     when the job failed. `s3` is a boto3 S3 client for the cluster's region and endpoint."""
     out = out or sys.stdout
     preflight(s3, inv, req)
-    req = JobRequest(req.input, req.output, stage_local_weights(s3, inv, req.job_args, out))
+    job_args = default_weights(s3, inv, req.job_args, out)
+    req = JobRequest(req.input, req.output, stage_local_weights(s3, inv, job_args, out))
     out.write(f"spark-submit on {inv.master.name}: {req.input.s3a} -> {req.output_uri}\n")
     done = run_app(inv, remote, job_app(req), log_dir, out=out, verbose=verbose)
     log_path, code = done.log_path, done.exit_code

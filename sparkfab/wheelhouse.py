@@ -1,10 +1,10 @@
 """The job's Python packages as ONE tarball of wheels, so a node fetches one URL, offline.
 
-Only what runs on the cluster goes in (the job's pyspark, TensorFlow, Pillow, pyarrow,
-pandas, numpy, matplotlib; the notebook's JupyterLab and boto3; their dependencies);
-fabric, paramiko and the other operator-side packages stay here. Versions are sparkfab's
-own pins, and every transitive dependency is constrained to the version installed in this
-environment, so nodes run what the tests ran.
+Only what runs on the cluster goes in (the job's pyspark, TensorFlow, ONNX Runtime, tf2onnx,
+Pillow, pyarrow, pandas, numpy, matplotlib; the notebook's JupyterLab and boto3; their
+dependencies); fabric, paramiko and the other operator-side packages stay here. Versions are
+sparkfab's own pins, and every transitive dependency is constrained to the version installed
+in this environment, so nodes run what the tests ran.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from pathlib import Path
 from sparkfab.errors import UserError
 
 # What the job needs on every node; the pins themselves live in pyproject.toml.
-JOB_PACKAGES = ("pyspark", "tensorflow-cpu", "pillow", "pyarrow", "pandas", "numpy", "matplotlib")
+# TensorFlow and tf2onnx serve the driver (on the master), onnxruntime the executors.
+JOB_PACKAGES = ("pyspark", "tensorflow-cpu", "onnxruntime", "tf2onnx", "onnx", "pillow",
+                "pyarrow", "pandas", "numpy", "matplotlib")
 # `fab notebook` (sparkfab/notebook.py): the server and kernel on the master, nbclient to
 # run a notebook headless, boto3 for the server's saves to S3 (pyarrow's S3 writes are
 # multipart uploads, which moto, the local cloud's S3, answers in a way Arrow rejects).

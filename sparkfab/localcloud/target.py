@@ -259,13 +259,16 @@ def prepare_account(info: CloudInfo, say: Say) -> Placement:
 
 
 def stage_artifacts(info: CloudInfo, mirror_dir: Path, say: Say) -> None:
-    """The local mirror (built when missing) staged into the bucket, as `fab stage` does."""
-    from sparkfab import staging
+    """The local mirror (built when missing) and the demo weights staged into the bucket,
+    as `fab stage` does: run-job's default weights (this cloud has no internet)."""
+    from sparkfab import staging, weights
     from sparkfab.localcloud.mirror import build_mirror
 
     say(f"artifact mirror {mirror_dir} (built on first use: minutes)")
     mirror = build_mirror(mirror_dir)
     staging.stage_cluster(info.client("s3"), info.bucket, mirror, say)
+    weights.stage(info.client("s3"), info.bucket, weights.local_file(weights.DEMO, say),
+                  weights.DEMO, say)
 
 
 def settings_for(info: CloudInfo, placement: Placement, public_key: Path) -> dict[str, Any]:

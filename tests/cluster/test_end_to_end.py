@@ -4,11 +4,14 @@ in the same cloud (nothing may leak from the first run into the second), then
 `fab local-cloud-down`. Every command is a subprocess of `fab`.
 
 Slow: each run installs Spark and a Python env with TensorFlow on 3 nodes. The job is kept
-small (a dozen 64x64 images, input size 96).
+small (a dozen 64x64 images). The first run's `fab run-job` is the README's, exactly: no
+`--weights` (the demo weights `local-cloud-up` staged in the bucket) and every default
+(the onnx engine); the second passes small settings and random weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -25,7 +28,7 @@ import yaml
 from conftest import CLOUD_ROOT, PREFIX, REPO, SUBNET
 from PIL import Image
 
-from sparkfab import inventory, ports
+from sparkfab import demo_weights, inventory, ports
 from sparkfab.aws import tags as T
 from sparkfab.aws.iam import names as iam_names
 from sparkfab.aws.keys import key_pair_name
@@ -39,8 +42,8 @@ SUBNET_E = derived_subnet(SUBNET, 5)
 CLUSTER = "sparkfab"  # the default: the commands below name no cluster
 LABELS = ("apple", "banana", "cherry")
 PER_LABEL = 4
-JOB_FLAGS = ("--weights", "random", "-k", "3", "--input-size", "96", "--batch-size", "4",
-             "--images-per-partition", "3")
+JOB_FLAGS = {1: (), 2: ("--weights", "random", "-k", "3", "--input-size", "96",
+                        "--batch-size", "4", "--images-per-partition", "3")}
 FAB = Path(sys.executable).with_name("fab")
 TIMES: dict[int, dict[str, float]] = {}
 
@@ -211,10 +214,17 @@ def test_provision_run_job_teardown_as_a_user_types_them(
     _ok(cloud.fab("upload-data", str(images), data)[0], "fab upload-data")
     output = f"s3://{bucket}/runs/e2e-{run}"
     out, times["run-job"] = cloud.fab("run-job", "--input", data, "--output", output,
-                                      *JOB_FLAGS)
+                                      *JOB_FLAGS[run])
     _ok(out, "fab run-job")
     manifest = _check_outputs(cloud, bucket, f"runs/e2e-{run}")
-    assert manifest["pca"]["k"] == 3
+    assert manifest["weights"]["engine"] == "onnx"
+    assert manifest["weights"]["executor_model_builds"]
+    if run == 1:  # the bucket's weights, staged by local-cloud-up: the demo weights' digest
+        demo = hashlib.sha256((REPO / demo_weights.DEFAULT_OUT).read_bytes()).hexdigest()
+        assert manifest["weights"]["sha256"] == demo
+        assert manifest["weights"]["spec"].startswith(f"s3a://{bucket}/sparkfab/weights/")
+    else:
+        assert manifest["pca"]["k"] == 3
 
     out, times["teardown"] = cloud.fab("teardown", "--yes")
     _ok(out, "fab teardown --yes")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sparkfab import artifacts
+from sparkfab import artifacts, demo_weights, weights
 from sparkfab.artifacts import Mirror
 from sparkfab.localcloud import LocalCloud
 from sparkfab.localcloud.hosts import LOCAL_REGION, MOTO_CREDENTIALS
@@ -85,9 +85,16 @@ def _fab_stage(local_cloud: LocalCloud, bucket: str, tmp_path: Path, *args: str)
 def test_fab_stage_from_a_mirror_skips_what_the_bucket_has(
     local_cloud: LocalCloud, mirror: Mirror, staged_artifacts: object, tmp_path: Path
 ) -> None:
-    out = _fab_stage(local_cloud, staged_artifacts.bucket, tmp_path, "--mirror", str(mirror.root))
+    demo = REPO / demo_weights.DEFAULT_OUT
+    out = _fab_stage(local_cloud, staged_artifacts.bucket, tmp_path, "--mirror", str(mirror.root),
+                     "--weights", str(demo))
     assert out.returncode == 0, out.stderr + out.stdout
     assert f"staged: 0 uploaded, {len(mirror.files)} already there" in out.stdout
+    # The weights too, by digest, as run-job's default for this cluster.
+    staged = weights.staged_default(local_cloud.s3_client(), staged_artifacts.bucket)
+    assert staged is not None and staged.sha256 == weights.sha256_of(demo)
+    body = local_cloud.s3_client().get_object(Bucket=staged_artifacts.bucket, Key=staged.key)
+    assert body["Body"].read() == demo.read_bytes()
 
     bad = _fab_stage(local_cloud, staged_artifacts.bucket, tmp_path, "--mirror", str(tmp_path))
     assert bad.returncode == 1

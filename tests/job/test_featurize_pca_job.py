@@ -1,14 +1,18 @@
 """The job end to end in Spark local mode: good images plus every kind of bad input.
 
-One run (module fixture) with the executors forbidden to open model files or connect out;
-every assertion reads what a user would read: manifest.json, the CSVs, Parquet, the PNGs.
+One run (module fixture, the default onnx engine) with the executors forbidden to open
+model files, connect out or import TensorFlow; every assertion reads what a user would
+read: manifest.json, the CSVs, Parquet, the PNGs. A second run of the same input with
+`--engine tensorflow` is the reference both engines must agree with.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,21 +70,32 @@ def make_input(root: Path) -> None:
     (root / "odd/readme.md").write_text("# not an image\n")
 
 
+def _run_job(base: Path, weights: Path, name: str, engine: str | None) -> dict:
+    """One local-mode run over base/input with the executors' forbidding hook."""
+    log = base / f"forbid-{name}.log"
+    opts = localjob.JobOptions(
+        input=str(base / "input"), output=str(base / "runs" / name),
+        weights=str(weights), engine=engine, input_size=INPUT_SIZE,
+        images_per_partition=IMAGES_PER_PARTITION, run_id=name)
+    manifest = localjob.run_local(opts, cores=CORES, extra_conf={
+        "spark.executorEnv.PYTHONPATH": str(FORBID_DIR),
+        "spark.executorEnv.SPARKFAB_FORBID_LOG": str(log),
+        # The default engine's executors must not even import TensorFlow.
+        "spark.executorEnv.SPARKFAB_FORBID_TENSORFLOW": "1" if engine is None else "0",
+    })
+    return {"manifest": manifest, "out": Path(opts.output), "log": log, "base": base}
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, demo_weights_file: Path) -> dict:
     base = tmp_path_factory.mktemp("job")
     make_input(base / "input")
-    log = base / "forbid.log"
-    opts = localjob.JobOptions(
-        input=str(base / "input"), output=str(base / "runs" / "r1"),
-        weights=str(demo_weights_file), input_size=INPUT_SIZE,
-        images_per_partition=IMAGES_PER_PARTITION, run_id="r1")
-    manifest = localjob.run_local(opts, cores=CORES, extra_conf={
-        "spark.executorEnv.PYTHONPATH": str(FORBID_DIR),
-        "spark.executorEnv.SPARKFAB_FORBID_LOG": str(log),
-    })
-    out = Path(opts.output)
-    return {"manifest": manifest, "out": out, "log": log, "base": base}
+    return _run_job(base, demo_weights_file, "r1", engine=None)  # the default: onnx
+
+
+@pytest.fixture(scope="module")
+def tf_run(run: dict, demo_weights_file: Path) -> dict:
+    return _run_job(run["base"], demo_weights_file, "r-tf", engine="tensorflow")
 
 
 def test_counts_add_up(run: dict) -> None:
@@ -147,6 +162,45 @@ def test_weights_come_from_the_broadcast_never_from_files_on_executors(run: dict
     # Built once per Python worker, not once per task.
     assert len(builds) <= CORES < m["spark"]["input_partitions"]
     assert m["weights"]["loaded_on"] == "driver"
+
+
+def test_onnx_executors_never_import_tensorflow(run: dict, demo_weights_file: Path) -> None:
+    m = run["manifest"]
+    log = run["log"].read_text().splitlines()
+    assert not [line for line in log if "VIOLATION" in line]
+    # The hook refused TensorFlow in every executor Python process, from its start.
+    forbidding = [line for line in log if "tensorflow forbidden" in line]
+    assert forbidding and all(line.endswith("already imported: []") for line in forbidding)
+    builds = m["weights"]["executor_model_builds"]
+    assert builds and all(": onnx model built from broadcast" in b for b in builds)
+    w = m["weights"]
+    assert w["engine"] == "onnx" and w["onnx_opset"] == 17
+    assert re.fullmatch(r"[0-9a-f]{64}", w["model_sha256"]) and w["broadcast_bytes"] > 1e6
+    assert w["sha256"] == hashlib.sha256(demo_weights_file.read_bytes()).hexdigest()
+    assert m["versions"]["onnxruntime"] and m["settings"]["engine"] == "onnx"
+
+
+def _features_by_path(out: Path) -> dict[str, np.ndarray]:
+    table = pd.read_parquet(out / "features.parquet")
+    pairs = zip(table["path"], table["features"], strict=True)
+    return {p: np.asarray(f, dtype=np.float64) for p, f in pairs}
+
+
+def test_both_engines_agree_on_features_and_pca(run: dict, tf_run: dict) -> None:
+    assert tf_run["manifest"]["weights"]["engine"] == "tensorflow"
+    assert not [line for line in tf_run["log"].read_text().splitlines() if "VIOLATION" in line]
+    onnx, tf = _features_by_path(run["out"]), _features_by_path(tf_run["out"])
+    assert set(onnx) == set(tf) and len(onnx) == run["manifest"]["counts"]["ok"]
+    a = np.stack([onnx[p] for p in sorted(onnx)])
+    b = np.stack([tf[p] for p in sorted(tf)])
+    # 1e-4 relative to each image's feature vector (single features can be ~0 after ReLU6).
+    rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+    assert rel.max() < 1e-4, rel.max()
+    assert np.abs(a - b).max() < 1e-4 * np.abs(b).max()
+    p_onnx, p_tf = run["manifest"]["pca"], tf_run["manifest"]["pca"]
+    assert p_onnx["k"] == p_tf["k"]
+    np.testing.assert_allclose(p_onnx["explained_variance"], p_tf["explained_variance"],
+                               rtol=1e-4)
 
 
 def test_outputs_are_complete_and_committed(run: dict) -> None:

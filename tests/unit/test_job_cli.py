@@ -23,6 +23,8 @@ def test_defaults_pick_k_by_95_percent_variance_and_generate_a_run_id() -> None:
     args = featurize_pca.parse_args(BASE)
     assert args.k is None and args.variance == 0.95
     assert args.weights == "imagenet" and args.input_size == 224 and args.tf_threads == 1
+    assert args.engine == "onnx"
+    assert featurize_pca.parse_args([*BASE, "--engine", "tensorflow"]).engine == "tensorflow"
     assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{4}", args.run_id)
 
 
@@ -34,6 +36,7 @@ def test_k_turns_the_variance_default_off() -> None:
 @pytest.mark.parametrize("extra", [
     ["--k", "3", "--variance", "0.9"], ["--k", "1"], ["--k", "5000"], ["--variance", "0"],
     ["--variance", "1.5"], ["--batch-size", "0"], ["--input-size", "8"], ["--tf-threads", "x"],
+    ["--engine", "openvino"],
 ])
 def test_bad_settings_exit_2_with_a_message(extra: list[str],
                                             capsys: pytest.CaptureFixture) -> None:
@@ -49,7 +52,8 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture) -> None:
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in ["--input", "--output", "--weights", "--k", "--variance", "--input-size",
-                 "--batch-size", "--tf-threads", "--images-per-partition", "--run-id"]:
+                 "--batch-size", "--engine", "--tf-threads", "--images-per-partition",
+                 "--run-id"]:
         assert flag in text
 
 
@@ -116,6 +120,50 @@ def test_local_spark_binds_loopback_only_and_uses_this_python() -> None:
     assert cmd[-10:] == ["--input", "/i", "--output", "/o/r", "--weights", "random",
                          "--k", "4", "--run-id", "r"]
     assert localjob.local_env()["PYSPARK_PYTHON"] == sys.executable
+    opts.engine = "tensorflow"
+    assert localjob.local_command(opts)[-6:-4] == ["--engine", "tensorflow"]
+
+
+def test_local_mode_is_quiet_before_spark_reads_its_log_level() -> None:
+    env = localjob.local_env()
+    # Bound to loopback explicitly: no "hostname resolves to a loopback address" warning.
+    assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
+    conf = env["SPARK_SUBMIT_OPTS"].split("-Dlog4j2.configurationFile=file://", 1)[1]
+    text = Path(conf).read_text()
+    assert "rootLogger.level = warn" in text and "SYSTEM_ERR" in text
+
+
+def test_the_noise_tensorflow_prints_at_import_is_dropped_and_the_rest_kept() -> None:
+    import io
+
+    lines = ["WARNING: All log messages before absl::InitializeLog() is called are written to "
+             "STDERR\n",
+             "I0000 00:00:1796162435.661410   26507 port.cc:153] oneDNN custom operations are "
+             "on. You may see slightly different numerical results\n",
+             "WARNING: Using incubator modules: jdk.incubator.vector\n",
+             "[featurize_pca] list ...\n", "error: input path does not exist: /x\n"]
+    shown, errors = io.StringIO(), []
+    localjob._pump(io.StringIO("".join(lines)), shown, errors, [])
+    assert shown.getvalue() == "[featurize_pca] list ...\n"
+    assert errors == ["input path does not exist: /x"]
+
+
+def test_sparkfab_submit_runs_pysparks_launcher_with_this_python_and_local_defaults(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, list[str], dict[str, str]]] = []
+    monkeypatch.setattr(localjob.os, "execve", lambda *a: calls.append(a))
+    monkeypatch.delenv("PYSPARK_PYTHON", raising=False)
+    localjob.submit_main(["job/featurize_pca.py", "--input", "i", "--output", "o"])
+    (path, argv, env), = calls
+    assert path == str(localjob.spark_submit()) == argv[0]
+    assert argv[1:3] == ["--master", "local[*]"] and "spark.driver.host=127.0.0.1" in argv
+    assert argv[-5:] == ["job/featurize_pca.py", "--input", "i", "--output", "o"]
+    assert env["PYSPARK_PYTHON"] == env["PYSPARK_DRIVER_PYTHON"] == sys.executable
+    assert Path(env["JAVA_HOME"], "bin", "java").exists()
+    calls.clear()
+    localjob.submit_main(["--master", "spark://h:7077", "app.py"])
+    assert calls[0][1][1:] == ["--master", "spark://h:7077", "app.py"]  # no local defaults
 
 
 def test_fab_run_job_help_states_the_jobs_own_defaults() -> None:

@@ -41,11 +41,11 @@ def test_with_an_inventory_the_job_goes_to_the_cluster_with_the_jobs_own_flags(
         Node(ROLE_MASTER, "i-m", "m6i.large", "10.0.0.4", None, "master")]))
     calls.clear()
     tasks.run_job(Context(), input="s3://b/in", output="s3://b/out", weights="random", k="3",
-                  input_size="96", images_per_partition="3")
+                  input_size="96", images_per_partition="3", engine="tensorflow")
     (settings, inp, out, job_args), = calls
     assert (settings.cluster, inp, out) == ("t6", "s3://b/in", "s3://b/out")
-    assert job_args == ["--weights", "random", "--k", "3", "--input-size", "96",
-                        "--images-per-partition", "3"]
+    assert job_args == ["--weights", "random", "--engine", "tensorflow", "--k", "3",
+                        "--input-size", "96", "--images-per-partition", "3"]
     with pytest.raises(Exit, match="local mode only"):
         tasks.run_job(Context(), input="s3://b/in", output="s3://b/out", cores="2")
     with pytest.raises(Exit, match="give --input and --output as s3:// paths"):

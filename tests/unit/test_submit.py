@@ -3,6 +3,7 @@ operator's machine (moto S3), Spark's output turned into progress, and the summa
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shlex
@@ -14,7 +15,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from sparkfab import s3path, submit
+from sparkfab import s3path, submit, weights
 from sparkfab.errors import UserError
 from sparkfab.inventory import ROLE_MASTER, ROLE_WORKER, Inventory, Node
 from sparkfab.sparklog import DriverLog, LineSplitter
@@ -151,13 +152,17 @@ def test_the_job_package_holds_the_modules_flat_and_is_reproducible(tmp_path: Pa
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch):
+def s3(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """The cluster's bucket, with weights staged as `fab stage` does."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
         client = boto3.client("s3", region_name=REGION)
         client.create_bucket(Bucket=BUCKET,
                              CreateBucketConfiguration={"LocationConstraint": REGION})
+        staged = tmp_path_factory.mktemp("weights") / "demo.weights.h5"
+        staged.write_bytes(b"staged weights")
+        weights.stage(client, BUCKET, staged, "demo", say=lambda line: None)
         yield client
 
 
@@ -344,6 +349,11 @@ def test_a_successful_run_ships_the_job_streams_and_returns_the_manifest(
     result = submit.run_on_cluster(inventory(), FakeRemote(master), s3, request(),
                                    tmp_path / "logs", out=out)
     assert result.manifest == MANIFEST
+    # No --weights: the driver reads the bucket's staged copy, never a download.
+    digest = hashlib.sha256(b"staged weights").hexdigest()
+    staged_url = f"s3a://{BUCKET}/sparkfab/weights/{digest[:16]}/demo.weights.h5"
+    assert f"--weights {staged_url}" in master.commands[1]
+    assert f"weights: {staged_url} (staged demo, sha256 {digest[:16]})" in out.getvalue()
     (staged, payload), = master.uploads.items()
     assert zipfile.ZipFile(io.BytesIO(payload)).namelist() == ["featurize_pca.py", "job.zip"]
     assert staged.startswith(".sparkfab/job-")  # the SSH user's private folder, not /tmp
@@ -355,6 +365,20 @@ def test_a_successful_run_ships_the_job_streams_and_returns_the_manifest(
     assert "[spark] executor 1 on 10.0.1.12 (2 cores)" in shown
     assert "tasks finished per host: 10.0.1.11: 3, 10.0.1.12: 1" in shown
     assert "26/11/23 07:32:43 INFO SparkContext" in result.log_path.read_text()  # all kept
+
+
+def test_without_weights_given_or_staged_run_job_says_to_stage_them(s3, tmp_path: Path
+                                                                     ) -> None:
+    s3.put_object(Bucket=BUCKET, Key="images/fruits/apple/1.jpg", Body=b"x")
+    s3.delete_object(Bucket=BUCKET, Key=weights.DEFAULT_POINTER)
+    master = FakeMaster(s3, 0, "", commit=True)
+    with pytest.raises(UserError, match="no --weights given and none staged") as err:
+        submit.run_on_cluster(inventory(), FakeRemote(master), s3, request(), tmp_path,
+                              out=io.StringIO())
+    assert "fab stage" in err.value.hint and master.commands == []
+    given = request("--weights", "random")
+    assert submit.default_weights(s3, inventory(), given.job_args, io.StringIO()) == \
+        ("--weights", "random")
 
 
 def test_a_failed_job_is_one_clear_error_and_nonzero(s3, tmp_path: Path) -> None:

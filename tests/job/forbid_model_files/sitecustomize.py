@@ -2,15 +2,19 @@
 
 It makes opening a model/weights file or any non-loopback network connection raise inside
 the executors, and logs that it is active (and any attempt) so the test can tell the hook
-really ran: the job must still succeed, its weights coming only from the broadcast.
+really ran: the job must still succeed, its weights coming only from the broadcast. With
+SPARKFAB_FORBID_TENSORFLOW=1 (the onnx engine), importing TensorFlow, Keras or tf2onnx
+raises too: those executors must run ONNX Runtime alone.
 """
 
+import importlib.abc
 import os
 import socket
 import sys
 
 _LOG = os.environ.get("SPARKFAB_FORBID_LOG", "")
 _SUFFIXES = (".h5", ".keras", ".hdf5")
+_FORBIDDEN_PACKAGES = ("tensorflow", "keras", "tf2onnx", "tf_keras")
 
 
 def _log(line: str) -> None:
@@ -43,7 +47,21 @@ class _ForbiddenH5:
         raise PermissionError("executor may not open HDF5 files")
 
 
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    """First on sys.meta_path: any import of a forbidden package is logged and refused."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".", 1)[0] in _FORBIDDEN_PACKAGES:
+            _log(f"VIOLATION import {name}")
+            raise ImportError(f"executor may not import {name} (onnx engine)")
+        return None
+
+
 sys.addaudithook(_hook)
+if os.environ.get("SPARKFAB_FORBID_TENSORFLOW") == "1":
+    sys.meta_path.insert(0, _NoTensorFlow())
+    _log(f"tensorflow forbidden; already imported: "
+         f"{sorted(m for m in sys.modules if m.split('.')[0] in _FORBIDDEN_PACKAGES)}")
 try:  # HDF5 files are opened by the C library, not by Python's open(): patch h5py too
     import h5py
 
