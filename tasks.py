@@ -6,7 +6,6 @@ user can fix are raised as `sparkfab.errors.UserError` and printed as one line +
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -380,7 +379,8 @@ def logs(c, dest=None, node=None, cluster=None, config=None):
 
 @task(help={
     "node": "0 = master (default), 1.. = workers, or a node's name, id or IP",
-    "command": "run this command instead of an interactive shell",
+    "command": "run this command line instead of an interactive shell; the node's shell "
+    "reads it as written (quotes, pipes, $VARS and globs included)",
     **_CLUSTER_HELP,
 }, auto_shortflags=False)
 def ssh(c, node=None, command=None, cluster=None, config=None):
@@ -388,7 +388,7 @@ def ssh(c, node=None, command=None, cluster=None, config=None):
     with _user_errors():
         inv = cluster_handles.require(_aws_settings(config, cluster=cluster))
         target = sshcli.find_node(inv, node)
-        argv = sshcli.shell_argv(inv, target, shlex.split(command) if command else None)
+        argv = sshcli.shell_argv(inv, target, command or None)
         code = subprocess.call(argv)
         if code != 0:
             raise Exit(code=code)
