@@ -173,3 +173,37 @@ def test_killing_a_worker_mid_job_still_gives_the_same_complete_output(
     # The same counts as an undisturbed run: every sample image featurized once.
     assert (counts["input"], counts["ok"], counts["failed"]) == (3 * PER_CLASS, 3 * PER_CLASS, 0)
     assert "_SUCCESS" in keys_under(local_cloud, "runs/r2/")
+
+
+def test_an_output_that_gains_an_object_before_the_commit_is_left_alone_on_s3a(
+    local_cloud: LocalCloud, cluster: Inventory, images: s3path.S3Path
+) -> None:
+    """Another writer puts an object under --output while the job writes: the commit
+    (Hadoop's FileSystem on s3a) must refuse, delete nothing, and keep the finished run."""
+    s3 = local_cloud.s3_client()
+    intruded = threading.Event()
+    out = io.StringIO()
+
+    class Watch(io.StringIO):
+        """Writes someone else's object under --output once the job starts its writes."""
+
+        def write(self, text: str) -> int:
+            out.write(text)
+            if "[featurize_pca] write" in text and not intruded.is_set():
+                s3.put_object(Bucket=BUCKET, Key="runs/r3/theirs.csv", Body=b"not yours\n")
+                intruded.set()
+            return len(text)
+
+    with pytest.raises(UserError) as err:
+        run(local_cloud, cluster, images, f"s3://{BUCKET}/runs/r3", Watch())
+    assert intruded.is_set(), out.getvalue()
+    assert (f"error: --output s3a://{BUCKET}/runs/r3 gained files while the run was working "
+            "(theirs.csv); nothing there was deleted or overwritten") in err.value.message
+    assert keys_under(local_cloud, "runs/r3/") == {"theirs.csv"}
+    body = s3.get_object(Bucket=BUCKET, Key="runs/r3/theirs.csv")["Body"].read()
+    assert body == b"not yours\n"
+    kept = {k.split("/", 1)[0] for k in keys_under(local_cloud, "runs/_tmp-")}
+    assert len(kept) == 1, kept
+    run_files = keys_under(local_cloud, f"runs/_tmp-{kept.pop()}/")
+    assert "pca_matrix.csv" in run_files and any(k.startswith("features.parquet/")
+                                                 for k in run_files)
