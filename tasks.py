@@ -227,7 +227,7 @@ def status(c, cluster=None, region=None, config=None):
     """Show the cluster's instances (state, IPs, uptime), estimated cost and Spark's workers."""
     with _user_errors():
         settings = _aws_settings(config, cluster=cluster, region=region)
-        settings = for_existing_cluster(settings, print)
+        settings = for_existing_cluster(settings, print, follow=True)
         aws = AwsSession(settings)
         with aws_errors(aws.region, "reading the cluster's instances"):
             st = cluster_status(aws)
