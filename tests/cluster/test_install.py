@@ -172,22 +172,23 @@ def test_a_submit_without_the_secret_is_refused_by_authentication(
     empty.write_text("")
     props = f"{LAYOUT.sparkfab_home}/jobs/empty.conf"
 
-    def submit(properties: str, name: str) -> str:
-        # The client retries registering for a minute; 40 s show the refusal.
-        return (f"timeout 40 {LAYOUT.spark_submit} --properties-file {properties} "
+    def submit(properties: str, name: str, seconds: int) -> str:
+        return (f"timeout {seconds} {LAYOUT.spark_submit} --properties-file {properties} "
                 f"--master {spark.master_url(inv)} --name {name} "
                 f"--conf spark.pyspark.python={LAYOUT.python} {dest} 2>&1")
 
     with cluster.remote() as remote:
         spark.upload(remote, inv.master, app, dest)
         spark.upload(remote, inv.master, empty, props)
-        refused = remote.run(inv.master, submit(props, "c2t-no-secret"), step="no-secret",
-                             echo=False, timeout=90)
+        # The client retries registering for a minute; 40 s show the refusal.
+        refused = remote.run(inv.master, submit(props, "c2t-no-secret", 40),
+                             step="no-secret", echo=False, timeout=90)
         master_log = spark.service_log_tail(remote, inv.master, 400)
         allowed = remote.run(
             inv.master, f"runuser -u {LAYOUT.service_user} -- "
-            + submit(f"{LAYOUT.spark_conf}/spark-defaults.conf", "c2t-with-secret"),
-            step="with-secret", echo=False, timeout=180)
+            # The whole run, JVM exit included (42 s seen on loaded shared cores).
+            + submit(f"{LAYOUT.spark_conf}/spark-defaults.conf", "c2t-with-secret", 300),
+            step="with-secret", echo=False, timeout=360)
         doc = spark.master_json(remote, inv)
     client, server = refused.stdout, "\n".join(master_log)
     assert not refused.ok
