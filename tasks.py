@@ -6,6 +6,7 @@ user can fix are raised as `sparkfab.errors.UserError` and printed as one line +
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
