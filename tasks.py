@@ -17,11 +17,12 @@ from fabric import task
 from invoke.exceptions import Exit
 
 from sparkfab import cluster as cluster_handles
-from sparkfab import nodelogs, ports, s3path, shrink, sshcli, transfer, tunnel
+from sparkfab import nodelogs, ports, s3path, shrink, spark, sshcli, transfer, tunnel
 from sparkfab.aws.session import AwsSession, aws_errors
 from sparkfab.aws.status import cluster_status, format_status
 from sparkfab.config import Settings, load_settings
 from sparkfab.errors import UserError
+from sparkfab.inventory import ROLE_MASTER
 from sparkfab.inventory import remove as remove_inventory
 from sparkfab.provision import Reporter, for_existing_cluster, teardown_plan
 from sparkfab.provision import provision as provision_cluster
@@ -233,13 +234,17 @@ def _seconds(value: object, flag: str, default: float) -> float:
 
 @task(help=_SETTING_HELP, auto_shortflags=False)
 def status(c, cluster=None, region=None, config=None):
-    """Show the cluster's instances (role, id, type, state, IPs, uptime) and estimated cost."""
+    """Show the cluster's instances (state, IPs, uptime), estimated cost and Spark's workers."""
     with _user_errors():
         settings = _aws_settings(config, cluster=cluster, region=region)
-        settings = for_existing_cluster(settings, print)
+        settings = for_existing_cluster(settings, print, follow=True)
         aws = AwsSession(settings)
         with aws_errors(aws.region, "reading the cluster's instances"):
-            print(format_status(cluster_status(aws)))
+            st = cluster_status(aws)
+        print(format_status(st))
+        master_running = any(n.role == ROLE_MASTER and n.state == "running" for n in st.nodes)
+        for line in spark.status_lines(cluster_handles.load(settings), master_running):
+            print(line)
 
 
 @task(help={
@@ -396,7 +401,8 @@ def logs(c, dest=None, node=None, cluster=None, config=None):
 
 @task(help={
     "node": "0 = master (default), 1.. = workers, or a node's name, id or IP",
-    "command": "run this command instead of an interactive shell",
+    "command": "run this command line instead of an interactive shell; the node's shell "
+    "reads it as written (quotes, pipes, $VARS and globs included)",
     **_CLUSTER_HELP,
 }, auto_shortflags=False)
 def ssh(c, node=None, command=None, cluster=None, config=None):
@@ -404,7 +410,7 @@ def ssh(c, node=None, command=None, cluster=None, config=None):
     with _user_errors():
         inv = cluster_handles.require(_aws_settings(config, cluster=cluster))
         target = sshcli.find_node(inv, node)
-        argv = sshcli.shell_argv(inv, target, shlex.split(command) if command else None)
+        argv = sshcli.shell_argv(inv, target, command or None)
         code = subprocess.call(argv)
         if code != 0:
             raise Exit(code=code)

@@ -232,11 +232,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise JobError(f"input path does not exist: {args.input}")
     outputs.check_output_free(spark, args.output)
     temp = outputs.temp_location(args.output, args.run_id)
-    committed = False
+    committed = kept = False
     try:
         manifest = _run(spark, args, timer, temp)
         with timer.stage("commit"):
-            outputs.commit(spark, temp, args.output)
+            try:
+                outputs.commit(spark, temp, args.output)
+            except outputs.OutputTaken:
+                kept = True  # the finished run is all the user has: the error names it
+                raise
             committed = True
         manifest["timings_s"] = {**timer.stages,
                                  "total": round(time.perf_counter() - started, 3)}
@@ -245,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         final.write_bytes(outputs.MARKER, b"")  # last: the run is complete
         return manifest
     finally:
-        if not committed:
+        if not committed and not kept:
             outputs.Store(spark, temp).delete()
 
 

@@ -28,6 +28,19 @@ class OutputError(Exception):
     """The output location cannot be used; the message says why."""
 
 
+class OutputTaken(OutputError):
+    """--output gained files after the run found it free: they are someone else's, so the
+    commit refuses and keeps the finished run where it is (`kept`)."""
+
+    def __init__(self, output: str, kept: str, seen: list[str]) -> None:
+        shown = ", ".join(seen[:3]) + (", ..." if len(seen) > 3 else "")
+        super().__init__(
+            f"--output {output} gained files while the run was working ({shown}); nothing "
+            "there was deleted or overwritten, and this run's complete results are kept in "
+            f"{kept}: move them, or run again with another --output")
+        self.kept = kept
+
+
 class Store:
     """Files under one base URI, on whatever Hadoop filesystem the URI names."""
 
@@ -52,6 +65,9 @@ class Store:
 
     def exists(self, *parts: str) -> bool:
         return bool(self.fs.exists(self._path(self.uri(*parts))))
+
+    def is_dir(self) -> bool:
+        return bool(self.fs.getFileStatus(self._path(self.base)).isDirectory())
 
     def is_empty_dir(self) -> bool:
         p = self._path(self.base)
@@ -96,6 +112,19 @@ class Store:
     def delete(self, *parts: str) -> None:
         self.fs.delete(self._path(self.uri(*parts)), True)
 
+    def delete_if_empty(self) -> bool:
+        """Remove base only while it is an empty folder; False when it is not (any more).
+
+        Hadoop's non-recursive delete refuses a folder that holds anything (local and
+        s3a alike), so a file written after any earlier listing still stops it.
+        """
+        try:
+            return bool(self.fs.delete(self._path(self.base), False))
+        except Exception as exc:  # py4j's wrapper of PathIsNotEmptyDirectoryException
+            if "PathIsNotEmptyDirectory" in str(exc) or "is not empty" in str(exc):
+                return False
+            raise
+
     def rename(self, src: str, dst: str) -> None:
         if not self.fs.rename(self._path(src), self._path(dst)):
             raise OutputError(f"could not rename {src} to {dst}")
@@ -119,10 +148,16 @@ def check_output_free(spark: Any, output: str) -> None:
 
 
 def commit(spark: Any, temp: str, output: str) -> None:
-    """Move the finished run into place (the caller writes the manifest, then MARKER)."""
+    """Move the finished run into place (the caller writes the manifest, then MARKER).
+
+    --output was free when the run started (check_output_free). Whatever appeared there
+    since is not this run's: an empty folder is replaced, anything else is refused
+    (OutputTaken) and never deleted; the finished run then stays in `temp`.
+    """
     final = Store(spark, output)
-    if final.exists():
-        final.delete()  # only ever an empty folder: check_output_free ran first
+    if final.exists() and not (final.is_empty_dir() and final.delete_if_empty()):
+        seen = final.list_names() if final.is_dir() else [posixpath.basename(output)]
+        raise OutputTaken(output, temp, seen)
     parent = posixpath.dirname(output.rstrip("/"))
     Store(spark, parent).fs.mkdirs(final._path(parent))
     final.rename(temp, output)

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from sparkfab import inventory as inv_mod
 from sparkfab import shrink
-from sparkfab.aws import iam, instances, keys, network, storage
+from sparkfab.aws import iam, instances, keys, locate, network, storage
 from sparkfab.aws import tags as T
 from sparkfab.aws import teardown as td
 from sparkfab.aws.session import AwsSession, aws_errors
@@ -229,14 +229,39 @@ def run_install(inv: Inventory, settings: Settings, say: Say) -> None:
     bring_up(inv, settings, say)
 
 
-def for_existing_cluster(settings: Settings, say: Say,
-                         directory: Path | None = None) -> Settings:
-    """The settings, with the region the inventory records when it differs."""
+def for_existing_cluster(settings: Settings, say: Say, directory: Path | None = None,
+                         *, follow: bool = False) -> Settings:
+    """The settings, with the region the cluster is really in.
+
+    The inventory's region wins. Without one, a region holding none of the cluster's
+    instances is checked against the other EU regions (sparkfab.aws.locate): a wrong
+    region must never read as "nothing there" while the cluster bills elsewhere. Found in
+    exactly one other region, a read-only task (`follow`) switches to it and says so;
+    otherwise it is an error that names where the instances are.
+    """
     known = inv_mod.load(settings.cluster, directory)
-    if known and known.region != settings.region:
-        say(f"cluster {settings.cluster} is in {known.region} (from its inventory)")
-        return settings.replace(region=known.region)
-    return settings
+    if known:
+        if known.region != settings.region:
+            say(f"cluster {settings.cluster} is in {known.region} (from its inventory)")
+            return settings.replace(region=known.region)
+        return settings
+    if locate.instance_ids(settings, settings.region):
+        return settings
+    found = locate.elsewhere(settings).found
+    if not found:
+        return settings
+    where = ", ".join(f"{len(ids)} in {region}" for region, ids in found.items())
+    if follow and len(found) == 1:
+        region = next(iter(found))
+        say(f"cluster {settings.cluster} has no instances in {settings.region} but {where} "
+            "(no inventory here): showing those")
+        return settings.replace(region=region)
+    raise UserError(
+        f"cluster {settings.cluster} has no instances in {settings.region}, but has "
+        f"instances elsewhere: {where}",
+        hint=f"name the cluster's region: --region {next(iter(found))} (or `region:` in "
+        "sparkfab.yaml)",
+    )
 
 
 def teardown_plan(settings: Settings, delete_bucket: bool,

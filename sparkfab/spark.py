@@ -165,18 +165,23 @@ def wait_for_workers(
 @dataclass
 class WorkerStatus:
     host: str
-    state: str
+    state: str  # ALIVE, the state of its last registration, or NOT_REGISTERED
     cores: int
     cores_used: int
     memory_mb: int
     memory_used_mb: int
+    name: str = ""
+
+
+NOT_REGISTERED = "NOT_REGISTERED"
 
 
 @dataclass
 class SparkStatus:
     master_url: str
     status: str = "UNKNOWN"  # the master's own status, ALIVE when healthy
-    workers: list[WorkerStatus] = field(default_factory=list)
+    workers: list[WorkerStatus] = field(default_factory=list)  # the inventory's, in order
+    unknown_hosts: list[str] = field(default_factory=list)  # ALIVE, not in the inventory
     active_apps: list[str] = field(default_factory=list)
     completed_apps: int = 0
     error: str | None = None
@@ -191,22 +196,43 @@ class SparkStatus:
         out = [f"spark: master {self.master_url} {self.status}, {self.alive_workers} of "
                f"{len(self.workers)} workers ALIVE"]
         for w in self.workers:
-            out.append(f"  worker {w.host}: {w.state}, cores {w.cores_used}/{w.cores} used, "
-                       f"memory {w.memory_used_mb}/{w.memory_mb} MB used")
+            out.append(f"  worker {w.name or w.host} ({w.host}): {w.state}, cores "
+                       f"{w.cores_used}/{w.cores} used, memory {w.memory_used_mb}/"
+                       f"{w.memory_mb} MB used")
+        if self.unknown_hosts:
+            out.append("  also registered, not in the inventory (not counted): "
+                       + ", ".join(self.unknown_hosts))
         apps = ", ".join(self.active_apps) or "none"
         out.append(f"  applications running: {apps}; completed: {self.completed_apps}")
         return out
 
 
 def parse_status(inv: Inventory, doc: Mapping[str, Any]) -> SparkStatus:
+    """Spark's view of the inventory's workers: each counts once, and only when ALIVE now.
+
+    The master keeps a DEAD entry for every earlier registration of a restarted worker,
+    and lists any host that registers, in the inventory or not: neither is a worker of
+    this cluster that can run tasks.
+    """
+    alive = _alive_by_host(doc)
+    last_seen = {w["host"]: str(w.get("state")) for w in doc.get("workers", [])}
+    workers = []
+    for node in inv.workers:
+        w = alive.get(node.private_ip)
+        if w is None:
+            workers.append(WorkerStatus(node.private_ip,
+                                        last_seen.get(node.private_ip, NOT_REGISTERED),
+                                        0, 0, 0, 0, node.name))
+        else:
+            workers.append(WorkerStatus(node.private_ip, "ALIVE", int(w["cores"]),
+                                        int(w["coresused"]), int(w["memory"]),
+                                        int(w["memoryused"]), node.name))
+    ours = {n.private_ip for n in inv.workers}
     return SparkStatus(
         master_url=master_url(inv),
         status=str(doc.get("status", "UNKNOWN")),
-        workers=[
-            WorkerStatus(w["host"], w["state"], int(w["cores"]), int(w["coresused"]),
-                         int(w["memory"]), int(w["memoryused"]))
-            for w in doc.get("workers", [])
-        ],
+        workers=workers,
+        unknown_hosts=sorted(set(alive) - ours),
         active_apps=[f"{a.get('name')} ({a.get('id')})" for a in doc.get("activeapps", [])],
         completed_apps=len(doc.get("completedapps", [])),
     )
@@ -230,6 +256,16 @@ def cluster_status(
         return SparkStatus(master_url(inv), error="the master's UI does not answer "
                            "(is spark-master running? `fab ssh` and sparkfab-service status)")
     return parse_status(inv, doc)
+
+
+def status_lines(inv: Inventory | None, master_running: bool,
+                 inventory_dir: Path | None = None) -> list[str]:
+    """`fab status`'s Spark lines: only for a cluster installed from here (its known_hosts
+    exists) whose master instance runs; nothing to ask otherwise."""
+    if (inv is None or not master_running
+            or not known_hosts_path(inv.cluster, inventory_dir).exists()):
+        return []
+    return cluster_status(inv, inventory_dir=inventory_dir).lines()
 
 
 # ---- jobs --------------------------------------------------------------------------------

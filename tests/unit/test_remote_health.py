@@ -144,9 +144,53 @@ def test_worker_problems_compare_alive_workers_with_their_configuration() -> Non
 def test_status_lines_for_fab_status(tmp_path: Path) -> None:
     status = parse_status(_inv(tmp_path), MASTER_JSON)
     lines = status.lines()
-    assert lines[0] == "spark: master spark://10.0.0.10:7077 ALIVE, 2 of 3 workers ALIVE"
-    assert "  worker 10.0.0.11: ALIVE, cores 4/4 used, memory 2048/14000 MB used" in lines
+    assert lines[0] == "spark: master spark://10.0.0.10:7077 ALIVE, 1 of 1 workers ALIVE"
+    assert ("  worker worker-1 (10.0.0.11): ALIVE, cores 4/4 used, memory 2048/14000 MB used"
+            in lines)
     assert lines[-1] == "  applications running: featurize (app-1); completed: 2"
+
+
+# A master that has seen restarts and a stranger: worker-1 re-registered twice (two DEAD
+# entries left behind), worker-2 died and is not back, 10.0.0.99 is no node of ours.
+RESTARTED_JSON = {
+    "status": "ALIVE",
+    "workers": [
+        {"host": "10.0.0.11", "state": "DEAD", "cores": 4, "coresused": 0,
+         "memory": 14000, "memoryused": 0},
+        {"host": "10.0.0.12", "state": "DEAD", "cores": 4, "coresused": 0,
+         "memory": 14000, "memoryused": 0},
+        {"host": "10.0.0.11", "state": "DEAD", "cores": 4, "coresused": 0,
+         "memory": 14000, "memoryused": 0},
+        {"host": "10.0.0.11", "state": "ALIVE", "cores": 4, "coresused": 2,
+         "memory": 14000, "memoryused": 1024},
+        {"host": "10.0.0.99", "state": "ALIVE", "cores": 8, "coresused": 0,
+         "memory": 30000, "memoryused": 0},
+        {"host": "10.0.0.12", "state": "DEAD", "cores": 4, "coresused": 0,
+         "memory": 14000, "memoryused": 0},
+    ],
+    "activeapps": [], "completedapps": [],
+}
+
+
+def test_status_counts_only_the_inventorys_workers_alive_now(tmp_path: Path) -> None:
+    inv = _inv(tmp_path)
+    inv.nodes.append(Node(ROLE_WORKER, "i-3", "m6i.large", "10.0.0.12", None, "worker-2"))
+    status = parse_status(inv, RESTARTED_JSON)
+    assert status.alive_workers == 1
+    assert [(w.name, w.host, w.state) for w in status.workers] == [
+        ("worker-1", "10.0.0.11", "ALIVE"), ("worker-2", "10.0.0.12", "DEAD")]
+    assert status.unknown_hosts == ["10.0.0.99"]
+    lines = status.lines()
+    assert lines[0] == "spark: master spark://10.0.0.10:7077 ALIVE, 1 of 2 workers ALIVE"
+    assert "  worker worker-2 (10.0.0.12): DEAD, cores 0/0 used, memory 0/0 MB used" in lines
+    assert ("  also registered, not in the inventory (not counted): 10.0.0.99" in lines)
+    # The install's health check reads the same document the same way.
+    want = WorkerResources(4, 14000)
+    assert worker_problems(RESTARTED_JSON, {"10.0.0.11": want, "10.0.0.12": want}) == {
+        "10.0.0.12": "not ALIVE (seen: DEAD, DEAD)"}
+    inv.nodes.append(Node(ROLE_WORKER, "i-4", "m6i.large", "10.0.0.13", None, "worker-3"))
+    never = parse_status(inv, RESTARTED_JSON).workers[-1]
+    assert (never.name, never.state) == ("worker-3", "NOT_REGISTERED")
 
 
 def test_worker_sizing_keeps_a_reserve_and_obeys_overrides() -> None:
