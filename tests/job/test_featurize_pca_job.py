@@ -74,7 +74,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, demo_weights_file: Path) -> di
     opts = localjob.JobOptions(
         input=str(base / "input"), output=str(base / "runs" / "r1"),
         weights=str(demo_weights_file), input_size=INPUT_SIZE,
-        images_per_partition=IMAGES_PER_PARTITION, run_id="r1")
+        images_per_partition=IMAGES_PER_PARTITION, run_id="r1", features=str(base / "features"))
     manifest = localjob.run_local(opts, cores=CORES, extra_conf={
         "spark.executorEnv.PYTHONPATH": str(FORBID_DIR),
         "spark.executorEnv.SPARKFAB_FORBID_LOG": str(log),
