@@ -141,8 +141,8 @@ def test_two_writers_at_once_and_a_crashed_one_leave_a_consistent_store(
     assert fs.keys()[("p2", 10, 1000)] == store.Stored("b3", True)
     assert fs.keys()[("p1", 10, 1001)] == store.Stored("b0", False)
     read = fs.read({"p2": "b3", "p4": "b2", "p1": "b0"}).toPandas().set_index("path")
-    assert read.loc["p2", "features"].tolist() == [7.0] * 4
-    assert read.loc["p4", "features"].tolist() == [4.0] * 4
+    assert list(read.loc["p2", "features"]) == [7.0] * 4
+    assert list(read.loc["p4", "features"]) == [4.0] * 4
     assert read.loc["p1", "error"] == "bad" and read.loc["p1", "features"] is None
     assert fs.size(keys)["batches"] == 4
     # What a user reads with pandas: committed batches, plus the uncommitted b8 (the
