@@ -62,8 +62,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, demo_weights_file: Path) -> d
 
     new = []
     for i in range(N_NEW):
-        path = src / "lemon" / f"new_{i}.jpg"
-        samples.render("lemon", 1000 + i).save(path)
+        path = src / "lime" / f"new_{i}.jpg"
+        samples.render("lime", 1000 + i).save(path)
         new.append(path)
     changed = src / "apple" / "apple_0001.jpg"
     stat = changed.stat()
