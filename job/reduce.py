@@ -10,6 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pandas as pd  # module level: pandas_udf resolves the type hints in these globals
+
 MIN_K = 2  # the PC1 vs PC2 plot needs two components
 # Cumulative variance is a float sum: 0.95 reached as 0.9499999999 still counts.
 VARIANCE_TOLERANCE = 1e-9
@@ -143,8 +146,6 @@ def read_basis(data: bytes, fingerprint: str, source: str) -> tuple[list[float],
 def project(df: Any, mean: list[float], components: list[list[float]],
             explained: list[float]) -> PcaResult:
     """Scores of `df`'s features on a given basis: (features - mean) @ components.T."""
-    import numpy as np
-    import pandas as pd
     from pyspark.sql.functions import pandas_udf
 
     centre = np.asarray(mean, dtype=np.float64)
