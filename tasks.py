@@ -48,6 +48,11 @@ _JOB_HELP = {
     "(the reference path)",
     "tf_threads": "the engine's intra-op threads per Python worker (default 1)",
     "images_per_partition": "target images per Spark task (default 256)",
+    "features": "the feature store to reuse and append to, a folder or s3://BUCKET/PREFIX "
+    "(default: .cache/features; on a cluster: s3://<its bucket>/features)",
+    "refeaturize": "featurize every image again, reusing nothing from the feature store",
+    "pca_from": "an earlier run's output: project on its PCA basis instead of refitting, so "
+    "coordinates compare across runs (not with --k/--variance)",
     "cores": "local mode: cores to use (default: all)",
     "samples_per_class": "generated sample images per class when --input is not given",
     "cluster": "run on this provisioned cluster (default: the settings' cluster; with no "
@@ -61,7 +66,8 @@ _JOB_HELP_CLUSTER = {
 # run-job's flags that the job itself takes (job/featurize_pca.py), as the job spells them.
 _JOB_ARGS = {"weights": "--weights", "engine": "--engine", "k": "--k", "variance": "--variance",
              "input_size": "--input-size", "batch_size": "--batch-size",
-             "tf_threads": "--tf-threads", "images_per_partition": "--images-per-partition"}
+             "tf_threads": "--tf-threads", "images_per_partition": "--images-per-partition",
+             "features": "--features", "pca_from": "--pca-from"}
 
 
 def run_job_local(c, **flags) -> dict:
@@ -84,7 +90,8 @@ def run_job_local(c, **flags) -> dict:
 @task(help=_JOB_HELP, auto_shortflags=False)
 def run_job(c, input=None, output=None, weights=None, engine=None, k=None, variance=None,
             input_size=None, batch_size=None, tf_threads=None, images_per_partition=None,
-            cores=None, samples_per_class=None, cluster=None, config=None):
+            features=None, refeaturize=False, pca_from=None, cores=None, samples_per_class=None,
+            cluster=None, config=None):
     """Run the featurize (MobileNetV2) + PCA job; with no cluster configured, locally."""
     def num(value, kind):
         try:
@@ -101,9 +108,12 @@ def run_job(c, input=None, output=None, weights=None, engine=None, k=None, varia
             given = {"weights": weights, "engine": engine, "k": k, "variance": variance,
                      "input_size": input_size,
                      "batch_size": batch_size, "tf_threads": tf_threads,
-                     "images_per_partition": images_per_partition}
+                     "images_per_partition": images_per_partition, "features": features,
+                     "pca_from": pca_from}
             job_args = [a for name, value in given.items() if value is not None
                         for a in (_JOB_ARGS[name], str(value))]
+            if refeaturize:
+                job_args.append("--refeaturize")
             if not input or not output:
                 raise UserError("on a cluster, give --input and --output as s3:// paths",
                                 "e.g. --input s3://BUCKET/images --output s3://BUCKET/runs/1")
@@ -116,7 +126,15 @@ def run_job(c, input=None, output=None, weights=None, engine=None, k=None, varia
             variance=num(variance, float), input_size=num(input_size, int),
             batch_size=num(batch_size, int), tf_threads=num(tf_threads, int),
             images_per_partition=num(images_per_partition, int), cores=num(cores, int),
-            samples_per_class=num(samples_per_class, int))
+            samples_per_class=num(samples_per_class, int),
+            features=None if features is None else localjob_path(features),
+            refeaturize=bool(refeaturize) or None,
+            pca_from=None if pca_from is None else localjob_path(pca_from))
+
+
+def localjob_path(path: str) -> str:
+    """A local path as the job wants it: absolute (spark-submit may run elsewhere)."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 @task(help={

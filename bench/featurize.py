@@ -72,11 +72,13 @@ def job(folder: Path, size: int, batch: int, cores: int, weights_file: Path,
     run_id = localjob.new_run_id()
     opts = localjob.JobOptions(input=str(folder), output=str(WORKDIR / "runs" / run_id),
                                weights=str(weights_file), engine=engine, input_size=size,
-                               batch_size=batch, run_id=run_id)
+                               batch_size=batch, run_id=run_id,
+                               features=str(WORKDIR / "features" / run_id))
     wall = time.perf_counter()
     manifest = localjob.run_local(opts, cores=cores)
     wall = time.perf_counter() - wall
     shutil.rmtree(opts.output, ignore_errors=True)
+    shutil.rmtree(str(opts.features), ignore_errors=True)  # an empty store: all featurized
     # From a ready SparkSession to the end, as (c) is timed: Spark's own start is not work.
     timings = manifest["timings_s"]
     ok, seconds = manifest["counts"]["ok"], timings["total"] - timings["spark_session"]

@@ -34,6 +34,9 @@ WEIGHTS_RANDOM = "random"
 WEIGHTS_FILE_SUFFIXES = (".weights.h5", ".keras")
 # Spark SQL type of the UDF's result: features for a good image, a reason for a bad one.
 RESULT_SCHEMA = "features array<float>, error string"
+# What turns bytes into the model's input (images.decode, then x / 127.5 - 1 in the graph),
+# named for the feature store's fingerprint: change it when the pixels would change.
+PREPROCESSING = "pillow-decode,jpeg-draft,rgb-alpha-on-white,bilinear-resize,x/127.5-1;v1"
 
 RANDOM_WARNING = """
 ##########################################################################
@@ -212,7 +215,15 @@ def make_udf(
 def _run(infer: engines.Infer, decoded: tuple[np.ndarray, list[str | None]], n: int
          ) -> pd.DataFrame:
     pixels, errors = decoded
-    feats = infer(pixels) if len(pixels) else np.empty((0, FEATURE_DIM), np.float32)
+    if len(pixels) == 1:
+        # TF takes another code path for a batch of one: its features differ in the last
+        # bits from the same image's in any larger batch (2..36 all agree here). Padding
+        # keeps an image's features independent of its batch, as the feature store needs.
+        feats = infer(np.concatenate([pixels, pixels]))[:1]
+    elif len(pixels):
+        feats = infer(pixels)
+    else:
+        feats = np.empty((0, FEATURE_DIM), np.float32)
     out: list[np.ndarray | None] = [None] * n
     it = iter(feats)
     for i, err in enumerate(errors):

@@ -33,12 +33,14 @@ import featurize
 import images
 import outputs
 import reduce
+import store
 
-JOB_MODULES = (images, engines, featurize, reduce, outputs)
+JOB_MODULES = (images, engines, featurize, reduce, outputs, store)
 DEFAULT_VARIANCE = 0.95
 # Each file counts as this many bytes when Spark packs files into partitions: large next
 # to an image, so partitions hold similar numbers of images (the cost is per image).
 FILE_OPEN_COST_BYTES = 4 * 1024 * 1024
+VANISHED_REASON = "changed or removed while the job ran (not featurized; the next run will)"
 
 
 class JobError(Exception):
@@ -114,12 +116,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="target images per Spark task (fewer on small inputs, so every "
                              "core gets work)")
     parser.add_argument("--run-id", default=None, help="defaults to a UTC timestamp + random")
+    parser.add_argument("--features", default=None,
+                        help="the feature store (folder or s3a:// prefix) this run reuses and "
+                             "appends to (default: features/ in an s3a:// --output's bucket, "
+                             f"else {store.DEFAULT_LOCAL} in the working directory)")
+    parser.add_argument("--refeaturize", action="store_true",
+                        help="featurize every image again, reusing nothing from the store "
+                             "(the new rows are still appended, and win over older ones)")
+    parser.add_argument("--pca-from", default=None, metavar="RUN_OUTPUT",
+                        help="project on the PCA basis of this earlier run's output instead of "
+                             "fitting one: coordinates comparable across runs (not with "
+                             "--k/--variance)")
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    if args.k is None and args.variance is None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.pca_from and (args.k is not None or args.variance is not None):
+        parser.error("--pca-from takes k from the earlier run's basis: drop --k/--variance")
+    if args.features is None:
+        args.features = store.default_location(args.output)
+    if args.k is None and args.variance is None and not args.pca_from:
         args.variance = DEFAULT_VARIANCE
     if args.run_id is None:
         args.run_id = new_run_id()
@@ -206,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         manifest = run(args)
-    except (JobError, featurize.WeightsError, outputs.OutputError) as exc:
+    except (JobError, featurize.WeightsError, outputs.OutputError, reduce.BasisError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(manifest))  # one line, last: for a caller that cannot read --output
@@ -253,19 +271,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             outputs.Store(spark, temp).delete()
 
 
-def _listed_bytes(files: Any) -> int:
-    """Total size of the files a binaryFile DataFrame lists, from its file index."""
+def _pca_basis(spark: Any, source: str, fingerprint: str) -> tuple[Any, dict[str, Any]]:
+    """The basis (mean, components, explained) an earlier run saved, and its description."""
+    earlier = outputs.Store(spark, source)
+    if not earlier.exists(outputs.MARKER):
+        raise JobError(f"--pca-from {source}: not a complete run (no {outputs.MARKER} there)")
+    if not earlier.exists(outputs.PCA_BASIS):
+        raise JobError(f"--pca-from {source}: the run holds no {outputs.PCA_BASIS} (runs "
+                       "made before the basis was kept); run once without --pca-from")
+    basis = reduce.read_basis(earlier.read_bytes(outputs.PCA_BASIS), fingerprint, source)
     try:
-        index = files._jdf.queryExecution().analyzed().relation().location()
-        return int(index.sizeInBytes())
-    except Exception:  # another plan shape (a future Spark): one aggregation instead
-        from pyspark.sql import functions as F
-
-        return int(files.agg(F.sum("length")).first()[0] or 0)
+        their = json.loads(earlier.read_bytes(outputs.MANIFEST))
+    except Exception:  # the basis is what matters; the run id is for the record
+        their = {}
+    return basis, {"source": "pca_from", "run": source, "run_id": their.get("run_id")}
 
 
 def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[str, Any]:
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     sc = spark.sparkContext
@@ -277,15 +299,16 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
         )
         # From Spark's file index (built by load()): no Spark job, which would cost a
         # few seconds of a short run. Zero-byte files are in the index but not in scans:
-        # the featurize counts below find them.
-        paths = files.inputFiles()
-        n_files = len(paths)
-        n_images = sum(1 for p in paths if images.is_image_path(p))
+        # they are failures the driver counts itself.
+        listed = store.list_index(files)
+        n_files = len(listed)
+        inputs = [f for f in listed if images.is_image_path(f.path)]
+        n_images = len(inputs)
         n_skipped = n_files - n_images
         if n_images == 0:
             raise JobError(f"no .jpg/.jpeg/.png files under {args.input}"
                            + (f" ({n_skipped} other files skipped)" if n_skipped else ""))
-        avg_bytes = _listed_bytes(files) // n_files
+        avg_bytes = sum(f.size for f in listed) // n_files
         files = files.where(F.col("path").rlike(images.IMAGE_PATH_REGEX))
         # Partitions of about --images-per-partition images (Spark still splits small
         # inputs across all cores); the model is built once per Python worker anyway.
@@ -296,91 +319,113 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
 
     with timer.stage("load_weights"):
         weights, weights_sha256 = resolve_weights(spark, args.weights, args.input_size)
+        fp_name, fp_description = store.fingerprint(weights, args.input_size, args.engine)
         prepared = engines.prepare(args.engine, weights, args.input_size)
         bc_model = sc.broadcast(prepared.payload)
     del weights
+    features = store.FeatureStore(spark, args.features, fp_name, fp_description)
+    basis = None
+    if args.pca_from:
+        basis, basis_info = _pca_basis(spark, args.pca_from, fp_name)
 
     builds = sc.accumulator(set(), featurize.SetAccumulator())
     udf = featurize.make_udf(bc_model, args.input_size, args.batch_size, args.tf_threads,
                              builds, engine=args.engine)
-    source = files.select("path", "length", "content")
-    partitions = source.rdd.getNumPartitions()
-    featurized = (
-        source.select(
-            "path",
-            F.element_at(F.split("path", "/"), -2).alias("label"),  # = images.label_of
-            "length",
-            udf("content").alias("r"),
-        )
-        .select("path", "label", "length", "r.features", "r.error")
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
+    store_timer = Timer()
+    partitions = 0
+    batch = None
+    added: dict[store.Key, store.Stored] = {}
     try:
         with timer.stage("featurize"):
-            featurize_start = time.perf_counter()
-            by_status = {bool(r["ok"]): (int(r["n"]), int(r["bytes"] or 0)) for r in
-                         featurized.groupBy(F.col("error").isNull().alias("ok"))
-                         .agg(F.count(F.lit(1)).alias("n"), F.sum("length").alias("bytes"))
-                         .collect()}
-            n_ok, n_failed = by_status.get(True, (0, 0))[0], by_status.get(False, (0, 0))[0]
-            image_bytes = sum(b for _, b in by_status.values())
-            seconds = time.perf_counter() - featurize_start
-            print(f"[featurize_pca] featurize: {n_ok + n_failed} images in {seconds:.1f} s, "
-                  f"{(n_ok + n_failed) / seconds:.1f} img/s ({args.engine})",
-                  file=sys.stderr, flush=True)
-            # Scans skip zero-byte files: the ones the index has and the scan did not see.
-            empty: list[str] = []
-            if n_ok + n_failed < n_images:
-                listed = outputs.Store(spark, args.input).list_files()
-                empty = [p for p, size in listed if size == 0 and images.is_image_path(p)]
-                n_failed += len(empty)
+            with store_timer.stage("read_keys"):
+                known = {} if args.refeaturize else features.keys()
+            empty = [f for f in inputs if f.size == 0]
+            todo = [f for f in inputs if f.size > 0 and f.key not in known]
+            # path -> the batch its row is taken from (latest batch wins, see store.py)
+            chosen = {f.path: known[f.key].batch for f in inputs if f.key in known}
+            ok_flags = {f.path: known[f.key].ok for f in inputs if f.key in known}
+            if todo:
+                batch = store.new_batch_id()
+                source = (files if len(todo) == n_images - len(empty)
+                          else store.select_files(files, todo))
+                source = source.select("path", "length", "modificationTime", "content")
+                partitions = source.rdd.getNumPartitions()
+                rows = source.select(
+                    "path",
+                    F.col("length").alias("size"),
+                    F.unix_millis("modificationTime").alias("mtime_ms"),
+                    udf("content").alias("r"),
+                ).select("path", "size", "mtime_ms", "r.features", "r.error")
+                with store_timer.stage("featurize_and_write"):
+                    features.append(rows, batch, {"run_id": args.run_id, "images": len(todo)})
+                seconds = store_timer.stages["featurize_and_write"]
+                print(f"[featurize_pca] featurize: {len(todo)} images in {seconds:.1f} s, "
+                      f"{len(todo) / max(seconds, 1e-3):.1f} img/s ({args.engine})",
+                      file=sys.stderr, flush=True)
+                with store_timer.stage("read_batch_keys"):
+                    added = features.keys([batch])
+                for (path, _, _), stored in added.items():
+                    chosen[path] = batch
+                    ok_flags[path] = stored.ok
+            # Changed or removed between the listing and the read: not featurized.
+            vanished = sorted(f.path for f in todo if f.path not in chosen)
+        n_ok = sum(1 for ok in ok_flags.values() if ok)
+        n_failed = n_images - n_ok
+        n_reused = n_images - len(todo) - len(empty)
+        current = features.read(chosen)
         if n_ok < 2:
             examples = "; ".join(f"{r['path']}: {r['error']}" for r in
-                                 featurized.where("error IS NOT NULL").limit(3).collect())
+                                 current.where("error IS NOT NULL").limit(3).collect())
             raise JobError(f"PCA needs at least 2 images that decode; {n_ok} of {n_images} "
-                           f"did (e.g. {examples})")
+                           f"did (e.g. {examples or 'empty files'})")
         with timer.stage("pca"):
-            good = featurized.where("error IS NULL").drop("error", "length")
-            # The partitions were sized for the model (a few hundred images each); PCA and
-            # the writes are short passes whose cost is per task: one partition per core.
-            if partitions > sc.defaultParallelism:
-                good = good.coalesce(sc.defaultParallelism)
-            result = reduce.pca(good, args.k, args.variance if args.k is None else None,
-                                featurize.FEATURE_DIM)
-            scores = result.scores.persist(StorageLevel.MEMORY_AND_DISK)
-        store = outputs.Store(spark, temp)
+            good = current.where("error IS NULL").select(
+                "path", F.element_at(F.split("path", "/"), -2).alias("label"),  # = label_of
+                "features")
+            if basis is None:
+                result = reduce.pca(good, args.k, args.variance if args.k is None else None,
+                                    featurize.FEATURE_DIM)
+                basis_info = {"source": "fitted"}
+            else:
+                result = reduce.project(good, *basis)
+            scores = result.scores.persist()
+        out = outputs.Store(spark, temp)
         with timer.stage("write"):
             scores.select("path", "label", "features", "pca").write.parquet(
-                store.uri(outputs.PARQUET))
+                out.uri(outputs.PARQUET))
+            out.write_bytes(outputs.PCA_BASIS, reduce.basis_parquet(result, fp_name))
             pcs = [f"pc_{i + 1}" for i in range(result.k)]
             outputs.write_single_csv(
                 scores.select("path", "label",
                               *[F.col("pca")[i].alias(name) for i, name in enumerate(pcs)]),
-                store, outputs.CSV_MATRIX, ["path", "label", *pcs])
+                out, outputs.CSV_MATRIX, ["path", "label", *pcs])
             if n_failed == 0:  # the usual case: a header, and no Spark job to say so
-                outputs.write_csv_header(store, outputs.ERRORS, ["path", "reason"])
+                outputs.write_csv_header(out, outputs.ERRORS, ["path", "reason"])
             else:
-                errors = featurized.where("error IS NOT NULL").select(
+                errors = current.where("error IS NOT NULL").select(
                     "path", F.col("error").alias("reason"))
-                if empty:
+                extra = ([(f.path, images.EMPTY_FILE_REASON) for f in empty]
+                         + [(p, VANISHED_REASON) for p in vanished])
+                if extra:
                     errors = errors.unionByName(spark.createDataFrame(
-                        [(p, images.EMPTY_FILE_REASON) for p in empty],
-                        "path string, reason string"))
-                outputs.write_single_csv(errors, store, outputs.ERRORS, ["path", "reason"])
+                        extra, "path string, reason string"))
+                outputs.write_single_csv(errors, out, outputs.ERRORS, ["path", "reason"])
         with timer.stage("plots"):
             fraction = min(1.0, outputs.MAX_SCATTER_POINTS / n_ok)
             sample = scores if fraction >= 1.0 else scores.sample(fraction=fraction, seed=7)
             points = [(r["label"], float(r["pc1"]), float(r["pc2"])) for r in sample.select(
                 "label", F.col("pca")[0].alias("pc1"), F.col("pca")[1].alias("pc2")).collect()]
-            store.write_bytes(outputs.SCATTER_PNG, outputs.scatter_png(
+            out.write_bytes(outputs.SCATTER_PNG, outputs.scatter_png(
                 points, f"PC1 vs PC2 of {n_ok} images (run {args.run_id})"))
-            store.write_bytes(outputs.VARIANCE_PNG, outputs.variance_png(
+            out.write_bytes(outputs.VARIANCE_PNG, outputs.variance_png(
                 result.explained, result.cumulative,
-                args.variance if args.k is None else None))
+                args.variance if args.k is None and basis is None else None))
         scores.unpersist()
     finally:
-        featurized.unpersist()
         bc_model.unpersist()
+    image_bytes = sum(f.size for f in inputs)
+    # The store as this run left it (a concurrent run's batch may have joined since).
+    all_keys = features.keys() if args.refeaturize else {**known, **added}
 
     manifest: dict[str, Any] = {
         "run_id": args.run_id,
@@ -390,10 +435,23 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
         "counts": {"input": n_images, "ok": n_ok, "failed": n_failed, "skipped": n_skipped,
                    "files_seen": n_files},
         "input_bytes": image_bytes,
+        "store": {
+            "path": args.features,
+            "fingerprint": fp_name,
+            "mode": "refeaturize" if args.refeaturize else "incremental",
+            "reused": n_reused,
+            "featurized_now": len(todo),
+            "failed": n_failed,
+            "failed_reused": sum(1 for f in inputs if f.key in known and not known[f.key].ok),
+            "batch": batch,
+            "size": features.size(all_keys),
+            "timings_s": dict(store_timer.stages),
+        },
         "pca": {"k": result.k,
-                "variance_target": args.variance if args.k is None else None,
+                "variance_target": args.variance if args.k is None and basis is None else None,
                 "explained_variance": result.explained,
-                "cumulative_explained_variance": result.cumulative},
+                "cumulative_explained_variance": result.cumulative,
+                "basis": basis_info},
         "weights": {"spec": args.weights, "sha256": weights_sha256, "loaded_on": "driver",
                     **prepared.facts,
                     "executor_model_builds": sorted(builds.value)},
@@ -402,7 +460,7 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
         "settings": vars(args),
         "versions": versions(spark, args.engine),
         "files": [outputs.PARQUET, outputs.CSV_MATRIX, outputs.ERRORS, outputs.MANIFEST,
-                  outputs.SCATTER_PNG, outputs.VARIANCE_PNG],
+                  outputs.SCATTER_PNG, outputs.VARIANCE_PNG, outputs.PCA_BASIS],
         "timings_s": dict(timer.stages),
     }
     return manifest

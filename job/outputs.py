@@ -21,6 +21,7 @@ MANIFEST = "manifest.json"
 SCATTER_PNG = "pca_scatter.png"
 VARIANCE_PNG = "explained_variance.png"
 MARKER = "_SUCCESS"
+PCA_BASIS = "pca_basis.parquet"  # mean + components: what --pca-from projects later runs on
 MAX_SCATTER_POINTS = 20_000  # a plot of more points says nothing more and costs a collect
 
 
@@ -103,6 +104,13 @@ class Store:
         stream = self.fs.create(self._path(self.uri(name)), True)
         try:
             stream.write(bytearray(data))
+        finally:
+            stream.close()
+
+    def read_bytes(self, name: str) -> bytes:
+        stream = self.fs.open(self._path(self.uri(name)))
+        try:
+            return bytes(self._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
         finally:
             stream.close()
 

@@ -7,8 +7,11 @@ written features.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+import pandas as pd  # module level: pandas_udf resolves the type hints in these globals
 
 MIN_K = 2  # the PC1 vs PC2 plot needs two components
 # Cumulative variance is a float sum: 0.95 reached as 0.9499999999 still counts.
@@ -20,6 +23,9 @@ class PcaResult:
     k: int
     explained: list[float]  # proportion of the total variance, per component (k values)
     scores: Any  # DataFrame: the input columns + "pca" (array<double>, k values)
+    # The basis the scores are on: scores = (features - mean) @ components.T
+    mean: list[float] = field(default_factory=list)  # dim values
+    components: list[list[float]] = field(default_factory=list)  # k rows of dim values
 
     @property
     def cumulative(self) -> list[float]:
@@ -77,7 +83,84 @@ def pca(df: Any, k: int | None, variance: float | None, dim: int) -> PcaResult:
         .drop("_fvec", "_centred", "_pca")
     )
     explained = [float(v) for v in model.explainedVariance]
-    return PcaResult(k=len(explained), explained=explained, scores=scores)
+    components = model.pc.toArray().T  # Spark keeps them as dim x k columns
+    return PcaResult(k=len(explained), explained=explained, scores=scores,
+                     mean=[float(v) for v in scaler.mean],
+                     components=[[float(v) for v in row] for row in components])
+
+
+# ---- a basis kept with a run, to project later runs on ---------------------------------
+
+BASIS_FINGERPRINT_KEY = b"sparkfab.fingerprint"
+
+
+class BasisError(Exception):
+    """A saved basis cannot be used for this run; the message says why."""
+
+
+def basis_parquet(result: PcaResult, fingerprint: str) -> bytes:
+    """The basis as a small Parquet file: one row for the mean, one per component.
+
+    Columns: name ("mean", "pc_1".."pc_k"), explained_variance (null for the mean),
+    vector (dim doubles). The features' fingerprint is in the file's metadata: a basis
+    only makes sense for features of the same model setup.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = ["mean", *[f"pc_{i + 1}" for i in range(result.k)]]
+    table = pa.table({
+        "name": names,
+        "explained_variance": [None, *result.explained],
+        "vector": [result.mean, *result.components],
+    }, schema=pa.schema([("name", pa.string()), ("explained_variance", pa.float64()),
+                         ("vector", pa.list_(pa.float64()))],
+                        metadata={BASIS_FINGERPRINT_KEY: fingerprint.encode()}))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def read_basis(data: bytes, fingerprint: str, source: str) -> tuple[list[float], list[list[float]],
+                                                                       list[float]]:
+    """(mean, components, explained) from basis_parquet()'s bytes; BasisError when the
+    basis belongs to other features."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(pa.BufferReader(data))
+    theirs = (table.schema.metadata or {}).get(BASIS_FINGERPRINT_KEY, b"").decode()
+    if theirs != fingerprint:
+        raise BasisError(f"the PCA basis in {source} was fitted on features of model setup "
+                         f"{theirs or '(unknown)'}; this run's features are {fingerprint} "
+                         "(other weights, input size or engine): its coordinates would mean "
+                         "nothing here")
+    rows = table.to_pylist()
+    mean = [r["vector"] for r in rows if r["name"] == "mean"]
+    pcs = [r for r in rows if r["name"] != "mean"]
+    if len(mean) != 1 or len(pcs) < MIN_K:
+        raise BasisError(f"{source} is not a PCA basis (a mean and >= {MIN_K} components)")
+    return mean[0], [r["vector"] for r in pcs], [float(r["explained_variance"]) for r in pcs]
+
+
+def project(df: Any, mean: list[float], components: list[list[float]],
+            explained: list[float]) -> PcaResult:
+    """Scores of `df`'s features on a given basis: (features - mean) @ components.T."""
+    from pyspark.sql.functions import pandas_udf
+
+    centre = np.asarray(mean, dtype=np.float64)
+    basis = np.asarray(components, dtype=np.float64).T  # dim x k
+
+    @pandas_udf("array<double>")  # type: ignore[call-overload]
+    def scores(features: pd.Series) -> pd.Series:
+        if features.empty:
+            return pd.Series([], dtype=object)
+        x = np.stack(features.to_numpy()).astype(np.float64)
+        return pd.Series(list((x - centre) @ basis))
+
+    return PcaResult(k=len(explained), explained=list(explained),
+                     scores=df.withColumn("pca", scores("features")),
+                     mean=list(mean), components=[list(c) for c in components])
 
 
 def _first_components(model: Any, k: int) -> Any | None:

@@ -27,6 +27,7 @@ JOB_DIR = REPO_ROOT / "job"
 JOB_ENTRY = JOB_DIR / "featurize_pca.py"
 DEFAULT_OUTPUT_ROOT = Path("output")
 LOG4J_CONF = Path(__file__).resolve().parent / "log4j2-local.properties"
+DEFAULT_FEATURES = Path(".cache/features")  # the job's own default for a local --output
 JOB_USAGE_EXIT = 2  # featurize_pca.py: bad input or settings, said in one `error:` line
 
 
@@ -45,6 +46,9 @@ class JobOptions:
     tf_threads: int | None = None
     images_per_partition: int | None = None
     run_id: str | None = None
+    features: str | None = None  # the feature store; None: the job's default
+    refeaturize: bool = False
+    pca_from: str | None = None
     extra: list[str] = field(default_factory=list)
 
     def to_args(self) -> list[str]:
@@ -54,9 +58,12 @@ class JobOptions:
             ("--input-size", self.input_size),
             ("--batch-size", self.batch_size), ("--tf-threads", self.tf_threads),
             ("--images-per-partition", self.images_per_partition), ("--run-id", self.run_id),
+            ("--features", self.features), ("--pca-from", self.pca_from),
         ):
             if value is not None:
                 args += [flag, str(value)]
+        if self.refeaturize:
+            args.append("--refeaturize")
         return args + list(self.extra)
 
 
@@ -207,7 +214,7 @@ def default_options(
     return JobOptions(
         input=_absolute(input), output=_absolute(output or str(DEFAULT_OUTPUT_ROOT / run_id)),
         weights=weights if weights in ("imagenet", "random") else _absolute(weights),
-        run_id=run_id,
+        run_id=run_id, features=_absolute(str(DEFAULT_FEATURES)),
     )
 
 
@@ -219,14 +226,35 @@ def summary(manifest: dict[str, Any]) -> str:
     c = manifest["counts"]
     p = manifest["pca"]
     t = manifest["timings_s"]
-    ok_rate = c["ok"] / t["featurize"] if t.get("featurize") else 0.0
+    store = manifest.get("store") or {}
+    now = store.get("featurized_now", c["input"])
+    rate = now / t["featurize"] if t.get("featurize") and now else 0.0
     lines = [
-        f"images: {c['input']} read, {c['ok']} featurized, {c['failed']} failed"
+        f"images: {c['input']} read, {c['ok']} ok, {c['failed']} failed"
         f" (listed in errors.csv), {c['skipped']} other files skipped",
+        *([store_line(store)] if store else []),
         f"PCA: k = {p['k']}, explaining {p['cumulative_explained_variance'][-1]:.1%} of the"
-        f" variance (PC1 {p['explained_variance'][0]:.1%}, PC2 {p['explained_variance'][1]:.1%})",
+        f" variance (PC1 {p['explained_variance'][0]:.1%}, PC2 {p['explained_variance'][1]:.1%})"
+        + basis_note(p),
         f"time: {t['total']:.1f} s in Spark (featurize {t['featurize']:.1f} s,"
-        f" {ok_rate:.0f} img/s; pca {t['pca']:.1f} s; write {t['write']:.1f} s)",
+        f" {rate:.0f} img/s; pca {t['pca']:.1f} s; write {t['write']:.1f} s)",
         f"outputs: {manifest['output']}/  ({', '.join(manifest['files'])})",
     ]
     return "\n".join(lines)
+
+
+def store_line(store: dict[str, Any]) -> str:
+    """The feature store's part of a run's summary (local and cluster runs print it)."""
+    size = store.get("size") or {}
+    return (f"feature store: {store['reused']} reused, {store['featurized_now']} featurized now,"
+            f" {store['failed']} failed ({store.get('failed_reused', 0)} known bad, not"
+            f" retried); it holds {size.get('images', '?')} images in"
+            f" {size.get('batches', '?')} batches, {size.get('bytes', 0) / 1e6:.1f} MB"
+            f" ({store['path']}, {store['fingerprint']})")
+
+
+def basis_note(pca: dict[str, Any]) -> str:
+    basis = pca.get("basis") or {}
+    if basis.get("source") == "pca_from":
+        return f"; projected on the basis of {basis['run']} (not refitted)"
+    return ""

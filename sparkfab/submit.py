@@ -47,6 +47,9 @@ MANIFEST = "manifest.json"
 SUCCESS_MARKER = "_SUCCESS"
 BUNDLE = ".bundle.zip"  # the shipped files, in the run folder; no App file starts with "."
 WEIGHTS_PREFIX = weights.PREFIX  # where a local --weights file is staged in the bucket
+FEATURES_PREFIX = "features/"  # the feature store's default place in the cluster's bucket
+# Job options naming S3 locations: given as s3:// or s3a://, they reach the job as s3a://.
+_LOCATION_ARGS = ("--features", "--pca-from")
 # run-job sets these itself; passing them through as job options would contradict it.
 _RESERVED = ("--input", "--output", "--master")
 
@@ -322,6 +325,32 @@ def default_weights(
     return (*job_args, "--weights", url)
 
 
+def storage_args(inv: Inventory, job_args: tuple[str, ...]) -> tuple[str, ...]:
+    """--features and --pca-from as s3a:// URLs in the cluster's bucket (the only one its
+    role may use); the feature store defaults to s3a://<bucket>/features."""
+    args = list(job_args)
+    seen = set()
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag not in _LOCATION_ARGS:
+            continue
+        index = i if eq else i + 1
+        if index >= len(args):
+            raise UserError(f"{flag} needs a value", "give it as s3://BUCKET/PREFIX")
+        value = args[index] if not eq else value
+        loc = s3path.parse(value, flag)
+        if inv.bucket and loc.bucket != inv.bucket:
+            raise UserError(f"{flag} {loc.s3} is outside the cluster's bucket "
+                            f"s3://{inv.bucket}/: the nodes' role may only use that bucket",
+                            f"use a location under s3://{inv.bucket}/")
+        url = loc.s3a.rstrip("/")
+        args[index] = f"{flag}={url}" if eq else url
+        seen.add(flag)
+    if "--features" not in seen and inv.bucket:
+        args += ["--features", f"s3a://{inv.bucket}/{FEATURES_PREFIX}".rstrip("/")]
+    return tuple(args)
+
+
 def stage_local_weights(
     s3: Any, inv: Inventory, job_args: tuple[str, ...], out: TextIO
 ) -> tuple[str, ...]:
@@ -401,6 +430,11 @@ def summarize(manifest: dict[str, Any], output: S3Path) -> str:
     skipped = counts.get("skipped")
     if skipped:
         lines[0] += f"; {skipped} non-image files skipped"
+    if manifest.get("store"):
+        from sparkfab.localjob import basis_note, store_line
+
+        lines.insert(1, store_line(manifest["store"]))
+        lines[2] += basis_note(pca)
     return "\n".join(lines)
 
 
@@ -526,7 +560,7 @@ def run_on_cluster(
     when the job failed. `s3` is a boto3 S3 client for the cluster's region and endpoint."""
     out = out or sys.stdout
     preflight(s3, inv, req)
-    job_args = default_weights(s3, inv, req.job_args, out)
+    job_args = default_weights(s3, inv, storage_args(inv, req.job_args), out)
     req = JobRequest(req.input, req.output, stage_local_weights(s3, inv, job_args, out))
     out.write(f"spark-submit on {inv.master.name}: {req.input.s3a} -> {req.output_uri}\n")
     done = run_app(inv, remote, job_app(req), log_dir, out=out, verbose=verbose)

@@ -82,8 +82,9 @@ def images(local_cloud: LocalCloud, cluster: Inventory,
 
 
 def run(local_cloud: LocalCloud, inv: Inventory, input_: s3path.S3Path, output: str,
-        out: io.StringIO | None = None, **kw) -> submit.RunResult:
-    req = submit.JobRequest(input_, s3path.parse(output), submit.check_job_args(JOB_ARGS))
+        out: io.StringIO | None = None, extra: tuple[str, ...] = (), **kw) -> submit.RunResult:
+    req = submit.JobRequest(input_, s3path.parse(output),
+                            submit.check_job_args(JOB_ARGS + extra))
     with Remote(inv, known_hosts=inventory.known_hosts_path("t5"), out=None) as remote:
         return submit.run_on_cluster(inv, remote, local_cloud.s3_client(), req,
                                      Path(inventory.INVENTORY_DIR) / "runs",
@@ -105,6 +106,11 @@ def test_run_job_featurizes_and_reduces_via_s3a_on_both_workers(
     counts = result.manifest["counts"]
     assert (counts["input"], counts["ok"], counts["failed"]) == (3 * PER_CLASS, 3 * PER_CLASS, 0)
     assert result.manifest["pca"]["k"] == 3
+    store = result.manifest["store"]
+    assert store["path"] == f"s3a://{BUCKET}/features"
+    assert (store["reused"], store["featurized_now"]) == (0, 3 * PER_CLASS)
+    assert any(k.startswith("fingerprint=") and "/_commits/" in k
+               for k in keys_under(local_cloud, "features/"))
     assert keys_under(local_cloud, "runs/r1/") >= {
         "manifest.json", "pca_matrix.csv", "errors.csv", "pca_scatter.png",
         "explained_variance.png", "_SUCCESS"}
@@ -165,7 +171,9 @@ def test_killing_a_worker_mid_job_still_gives_the_same_complete_output(
                     remote.run(victim, kill, step="kill", echo=False, timeout=30)
                 return len(text)
 
-        result = run(local_cloud, cluster, images, f"s3://{BUCKET}/runs/r2", Watch())
+        # --refeaturize: the store holds every image since r1, and this run must featurize.
+        result = run(local_cloud, cluster, images, f"s3://{BUCKET}/runs/r2", Watch(),
+                     extra=("--refeaturize",))
     assert killed.is_set(), out.getvalue()
     assert any(lost.endswith("@" + victim.private_ip) for lost in result.driver.lost_executors), \
         out.getvalue()
@@ -207,3 +215,14 @@ def test_an_output_that_gains_an_object_before_the_commit_is_left_alone_on_s3a(
     run_files = keys_under(local_cloud, f"runs/_tmp-{kept.pop()}/")
     assert "pca_matrix.csv" in run_files and any(k.startswith("features.parquet/")
                                                  for k in run_files)
+
+
+def test_a_second_run_reuses_the_feature_store_in_s3(
+    local_cloud: LocalCloud, cluster: Inventory, images: s3path.S3Path
+) -> None:
+    result = run(local_cloud, cluster, images, f"s3://{BUCKET}/runs/r4",
+                 extra=("--pca-from", f"s3://{BUCKET}/runs/r1"))
+    store = result.manifest["store"]
+    assert (store["reused"], store["featurized_now"]) == (3 * PER_CLASS, 0)
+    assert store["size"]["images"] == 3 * PER_CLASS
+    assert result.manifest["pca"]["basis"]["run"] == f"s3a://{BUCKET}/runs/r1"

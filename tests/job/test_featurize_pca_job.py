@@ -76,7 +76,8 @@ def _run_job(base: Path, weights: Path, name: str, engine: str | None) -> dict:
     opts = localjob.JobOptions(
         input=str(base / "input"), output=str(base / "runs" / name),
         weights=str(weights), engine=engine, input_size=INPUT_SIZE,
-        images_per_partition=IMAGES_PER_PARTITION, run_id=name)
+        images_per_partition=IMAGES_PER_PARTITION, run_id=name,
+        features=str(base / "features" / name))
     manifest = localjob.run_local(opts, cores=CORES, extra_conf={
         "spark.executorEnv.PYTHONPATH": str(FORBID_DIR),
         "spark.executorEnv.SPARKFAB_FORBID_LOG": str(log),

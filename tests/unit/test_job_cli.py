@@ -179,3 +179,51 @@ def test_fab_run_job_help_states_the_jobs_own_defaults() -> None:
     for dest, value in checked.items():
         job = defaults[dest] if defaults[dest] is not None else featurize_pca.DEFAULT_VARIANCE
         assert float(value) == float(job), f"--{dest}: fab says {value}, the job {job}"
+
+
+def test_feature_store_options() -> None:
+    args = featurize_pca.parse_args(["--input", "/i", "--output", "s3a://bkt/runs/r1"])
+    assert args.features == "s3a://bkt/features" and not args.refeaturize
+    assert args.pca_from is None and args.variance == featurize_pca.DEFAULT_VARIANCE
+    args = featurize_pca.parse_args(["--input", "/i", "--output", "/o/r", "--pca-from", "/o/q",
+                                     "--features", "/f", "--refeaturize"])
+    assert (args.features, args.pca_from, args.refeaturize) == ("/f", "/o/q", True)
+    assert args.k is None and args.variance is None  # k comes from the earlier basis
+    for extra in (["--k", "3"], ["--variance", "0.9"]):
+        with pytest.raises(SystemExit) as exc:
+            featurize_pca.parse_args(["--input", "/i", "--output", "/o/r", "--pca-from", "/o/q",
+                                      *extra])
+        assert exc.value.code == 2
+    opts = localjob.JobOptions(input="/i", output="/o/r", weights="random", features="/f",
+                               refeaturize=True, pca_from="/o/q")
+    assert opts.to_args()[-5:] == ["--features", "/f", "--pca-from", "/o/q", "--refeaturize"]
+
+
+def test_a_pca_basis_round_trips_and_refuses_other_features() -> None:
+    result = reduce.PcaResult(k=2, explained=[0.7, 0.2], scores=None, mean=[1.0, 2.0, 3.0],
+                              components=[[1.0, 0.0, 0.0], [0.0, 0.6, 0.8]])
+    data = reduce.basis_parquet(result, "tensorflow-abc")
+    mean, components, explained = reduce.read_basis(data, "tensorflow-abc", "runs/r1")
+    assert (mean, components, explained) == (result.mean, result.components, result.explained)
+    with pytest.raises(reduce.BasisError, match="fitted on features of model setup "
+                                                "tensorflow-abc"):
+        reduce.read_basis(data, "onnx-def", "runs/r1")
+
+
+def test_the_run_summary_says_what_the_store_did() -> None:
+    manifest = {
+        "counts": {"input": 12, "ok": 10, "failed": 2, "skipped": 0},
+        "pca": {"k": 2, "explained_variance": [0.5, 0.2],
+                "cumulative_explained_variance": [0.5, 0.7],
+                "basis": {"source": "pca_from", "run": "/o/r1", "run_id": "r1"}},
+        "store": {"path": "/f", "fingerprint": "tensorflow-abc", "reused": 9,
+                  "featurized_now": 3, "failed": 2, "failed_reused": 1,
+                  "size": {"images": 40, "batches": 3, "bytes": 2_500_000}},
+        "timings_s": {"total": 20.0, "featurize": 3.0, "pca": 1.0, "write": 1.0},
+        "output": "/o/r2", "files": ["features.parquet"],
+    }
+    text = localjob.summary(manifest)
+    assert ("feature store: 9 reused, 3 featurized now, 2 failed (1 known bad, not retried);"
+            " it holds 40 images in 3 batches, 2.5 MB") in text
+    assert "projected on the basis of /o/r1 (not refitted)" in text
+    assert "featurize 3.0 s, 1 img/s" in text

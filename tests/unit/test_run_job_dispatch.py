@@ -46,6 +46,11 @@ def test_with_an_inventory_the_job_goes_to_the_cluster_with_the_jobs_own_flags(
     assert (settings.cluster, inp, out) == ("t6", "s3://b/in", "s3://b/out")
     assert job_args == ["--weights", "random", "--engine", "tensorflow", "--k", "3",
                         "--input-size", "96", "--images-per-partition", "3"]
+    calls.clear()
+    tasks.run_job(Context(), input="s3://b/in", output="s3://b/out", features="s3://b/f",
+                  refeaturize=True, pca_from="s3://b/runs/r1")
+    assert calls[0][3] == ["--features", "s3://b/f", "--pca-from", "s3://b/runs/r1",
+                           "--refeaturize"]
     with pytest.raises(Exit, match="local mode only"):
         tasks.run_job(Context(), input="s3://b/in", output="s3://b/out", cores="2")
     with pytest.raises(Exit, match="give --input and --output as s3:// paths"):

@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -488,3 +489,25 @@ def test_a_failing_script_returns_its_exit_status_and_cleans_up(s3, tmp_path: Pa
     (staged, payload), = master.uploads.items()
     assert zipfile.ZipFile(io.BytesIO(payload)).namelist() == ["fail.py"]
     assert master.commands[-1].startswith("sudo -n -u spark -- rm -rf /var/lib/spark/runs/")
+
+
+def test_store_locations_become_s3a_urls_in_the_clusters_bucket() -> None:
+    inv = SimpleNamespace(bucket=BUCKET)
+    assert submit.storage_args(inv, ("--k", "3")) == (
+        "--k", "3", "--features", f"s3a://{BUCKET}/features")
+    assert submit.storage_args(inv, ("--features", f"s3://{BUCKET}/store/",
+                                     f"--pca-from=s3://{BUCKET}/runs/r1")) == (
+        "--features", f"s3a://{BUCKET}/store", f"--pca-from=s3a://{BUCKET}/runs/r1")
+    with pytest.raises(UserError, match="outside the cluster's bucket"):
+        submit.storage_args(inv, ("--pca-from", "s3://other-bucket/runs/r1"))
+    with pytest.raises(UserError, match="is not an S3 location"):
+        submit.storage_args(inv, ("--features", "/local/store"))
+
+
+def test_summary_gives_the_stores_counts() -> None:
+    manifest = dict(MANIFEST, store={
+        "path": f"s3a://{BUCKET}/features", "fingerprint": "tensorflow-abc", "reused": 7,
+        "featurized_now": 3, "failed": 2, "failed_reused": 2,
+        "size": {"images": 30, "batches": 2, "bytes": 1_000_000}})
+    text = submit.summarize(manifest, s3path.parse(f"s3://{BUCKET}/runs/r1"))
+    assert "feature store: 7 reused, 3 featurized now, 2 failed (2 known bad" in text
