@@ -68,7 +68,7 @@ def test_the_system_ssh_reads_no_config_and_forwards_no_agent(
     if shutil.which("ssh") is None:
         pytest.skip("no ssh client on this machine (apt-get install openssh-client)")
     shell = sshcli.shell_argv(inv, inv.master)
-    command = sshcli.shell_argv(inv, inv.master, ["uptime"])
+    command = sshcli.shell_argv(inv, inv.master, "uptime")
     forward = tunnel.ssh_argv(inv, tunnel.plan(inv))
     hostile = tmp_path / "ssh_config"
     hostile.write_text(HOSTILE_SSH_CONFIG)
