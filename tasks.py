@@ -176,7 +176,7 @@ def _user_errors() -> Iterator[None]:
     "spot": "workers as one-time spot instances (the master stays on-demand)",
     "on_demand": "workers on-demand (overrides spot: true in the settings)",
     "root_volume_gb": "root volume size per node, GiB (encrypted gp3)",
-    "ami": "AMI id (default: current Ubuntu 24.04 LTS via AWS's public SSM parameter)",
+    "ami": "AMI id (default: current Debian 13 via Debian's public SSM parameter)",
     "operator_cidr": "network allowed to SSH in (default: your public IP/32)",
     "allow_wide_operator_cidr": "accept an --operator-cidr wider than /16 (refused "
     "otherwise, as a likely mistake)",
@@ -277,7 +277,7 @@ def teardown(c, cluster=None, region=None, yes=False, delete_bucket=False, confi
     "from `python -m sparkfab.localcloud.mirror`); default: download from the origins "
     "(Apache, Maven Central, PyPI) into .cache/artifacts, verified",
     "python": "the nodes' Python version the wheelhouse is built for (default: the "
-    "node_python setting, 3.12 for Ubuntu 24.04)",
+    "node_python setting, 3.13 for Debian 13)",
 }, auto_shortflags=False)
 def stage(c, mirror=None, python=None, cluster=None, region=None, config=None):
     """Copy Spark, the s3a jars, the Python installer and the job's wheels into the bucket once."""

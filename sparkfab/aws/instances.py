@@ -68,7 +68,7 @@ def resolve_ami(ec2: Any, ssm: Any, settings: Settings) -> Image:
             raise
     if not images:
         raise UserError(f"AMI {image_id} was not found in {settings.region}",
-                        hint="AMI ids differ per region: unset ami to use the Ubuntu 24.04 "
+                        hint="AMI ids differ per region: unset ami to use the Debian 13 "
                         "image, or give an id from this region")
     img = images[0]
     return Image(image_id, img.get("RootDeviceName") or "/dev/sda1",

@@ -25,7 +25,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# The distribution users get by default on AWS (config.DEFAULT_AMI_PARAMETER): Debian 13.
+from sparkfab.config import DEBIAN_PYTHON, DEBIAN_SSH_USER
+
+# The distribution users get by default on AWS (config.DEBIAN_AMI_PARAMETER): Debian 13.
 SUITE = "trixie"
 VARIANT = "minbase"
 # What Debian's cloud image has that sparkfab relies on, on top of minbase.
@@ -35,26 +37,25 @@ PACKAGES = (
 )
 CACHE_ROOT = Path(os.environ.get("SPARKFAB_IMAGE_CACHE", "/var/cache/sparkfab/images"))
 BUILD_TIMEOUT_S = 900
-# Debian 13's python3: the nodes' Python, which the wheelhouse is built for.
-NODE_PYTHON = "3.13"
-# Debian's default cloud user; the key pair's public key goes to it (cloud-init).
-DEFAULT_USER = "admin"
+# Debian 13's python3 (the wheelhouse is built for it) and Debian's default cloud user
+# (the key pair's public key goes to it): the same facts as sparkfab's AWS defaults.
+NODE_PYTHON = DEBIAN_PYTHON
+DEFAULT_USER = DEBIAN_SSH_USER
 MARKER = ".sparkfab-image.json"
-HOST_PACKAGES = ("mmdebstrap", "systemd-container", "nftables")
 
 # cloud-init as on an EC2 Debian AMI, less what the host does for the node: the network
 # is configured by the harness (the node's namespace), and minbase has only C.UTF-8.
-CLOUD_CFG = """\
+CLOUD_CFG = f"""\
 # sparkfab local cloud: the NoCloud seed stands in for EC2's metadata service.
 datasource_list: [NoCloud, None]
-network: {config: disabled}
+network: {{config: disabled}}
 locale: C.UTF-8
 manage_etc_hosts: localhost
 ssh_deletekeys: true
 ssh_genkeytypes: [ed25519, ecdsa]
 system_info:
   default_user:
-    name: admin
+    name: {DEFAULT_USER}
     lock_passwd: true
     gecos: Debian
     groups: [adm, sudo]
