@@ -87,7 +87,7 @@ def check_architecture(ec2: Any, image: Image, instance_types: set[str]) -> None
 
 def user_data(settings: Settings, role: str, master_ip: str | None) -> str:
     return render(USER_DATA_TEMPLATE, cluster=settings.cluster, role=role,
-                  max_lifetime_hours=settings.max_lifetime_hours,
+                  max_lifetime_s=settings.max_lifetime_hours * 3600,
                   master_ip=master_ip if role == ROLE_WORKER else None,
                   orphan_minutes=ORPHAN_MINUTES)
 

@@ -47,6 +47,8 @@ EMPTY_MOUNTS = ("/opt", "/home", "/root", "/tmp")
 # Per-node copy-on-write views of the machine's own: package state, config, runtime files.
 OVERLAY_MOUNTS = ("/etc", "/var", "/run")
 BOOT_TIMEOUT_S = 15.0
+# moto_server imports all of moto first: ~3 s idle, over 15 s while nodes install beside it.
+MOTO_START_TIMEOUT_S = 90.0
 LOCAL_REGION = "eu-west-3"  # what moto is asked for; EU like every sparkfab region
 # moto accepts any credentials: these dummies mean a real key is never sent to it. Nodes get
 # them through the environment only, never in a file.
@@ -330,8 +332,9 @@ class LocalCloud:
             json.dumps({"pid": self._moto.pid, "host": self.bridge_ip, "port": port})
         )
         self.moto_endpoint = f"http://{self.bridge_ip}:{port}"
-        _wait_for_port(self.bridge_ip, port, self._moto, self.workdir / "moto.log")
-        _wait_for_http(self.moto_endpoint + "/moto-api/")
+        _wait_for_port(self.bridge_ip, port, self._moto, self.workdir / "moto.log",
+                       MOTO_START_TIMEOUT_S)
+        _wait_for_http(self.moto_endpoint + "/moto-api/", MOTO_START_TIMEOUT_S)
         return self.moto_endpoint
 
     def s3_client(self, region: str = LOCAL_REGION) -> Any:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLOUD_ROOT, PREFIX, SUBNET
+from conftest import CLOUD_ROOT, PREFIX, SUBNET, leftovers
 
 from sparkfab import hostkeys
-from sparkfab.localcloud import Keypair, derived_subnet, machines, nat, netns, target, watcher
+from sparkfab.localcloud import Keypair, derived_subnet, netns, target, watcher
 
 pytestmark = pytest.mark.timeout(600)
 PREFIX_W = f"{PREFIX}w4"
@@ -47,23 +50,6 @@ def _state(ec2: Any, iid: str) -> str:
 
 def _console_keys(ec2: Any, iid: str) -> list[str]:
     return hostkeys.keys_in_console(hostkeys._console_output(ec2, iid))
-
-
-def leftovers(prefix: str) -> list[str]:
-    """Everything a local cloud named `prefix` makes on this machine, still present."""
-    left = [f"namespace {ns}" for ns in netns.list_namespaces() if ns.startswith(f"{prefix}-")]
-    left += [f"cgroup {p}" for p in machines.CGROUP_ROOT.glob(f"{prefix}-*")]
-    if nat.table_exists(prefix):
-        left.append(f"nft table {nat.table_name(prefix)}")
-    if netns.link_exists(netns.Names(prefix).bridge):
-        left.append("bridge")
-    workdir = str(target.workdir_for(prefix, CLOUD_ROOT))
-    left += [f"mount {line.split()[1]}" for line in
-             Path("/proc/self/mounts").read_text().splitlines() if workdir in line]
-    out = subprocess.run(["pgrep", "-f", f"systemd-nspawn.*{prefix}-"], capture_output=True,
-                         text=True, check=False).stdout.split()
-    left += [f"nspawn pid {pid}" for pid in out]
-    return left
 
 
 def test_instances_boot_machines_and_moto_follows_their_power(
@@ -133,3 +119,53 @@ def test_instances_boot_machines_and_moto_follows_their_power(
     assert leftovers(PREFIX_W) == []
     assert not (workdir / watcher.PID_FILE).exists()
     assert target.read_info(workdir) is None
+
+
+CLONE_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import sparkfab
+from sparkfab.localcloud import target
+workdir = target.workdir_for(sys.argv[1])  # .cache/localcloud/<prefix> in this clone
+info = target.start_watcher(sys.argv[1], sys.argv[2], workdir, print)
+try:
+    placement = target.prepare_account(info, print)
+    ec2 = info.client("ec2")
+    ec2.import_key_pair(KeyName="clone", PublicKeyMaterial=sys.argv[3].encode())
+    iid = ec2.run_instances(ImageId=placement.ami_id, MinCount=1, MaxCount=1,
+                            InstanceType="m6i.large", KeyName="clone",
+                            SubnetId=placement.subnet_id)["Instances"][0]["InstanceId"]
+    deadline = time.monotonic() + 180
+    while "SSH HOST KEY KEYS" not in ec2.get_console_output(InstanceId=iid).get("Output", ""):
+        assert time.monotonic() < deadline, "no host keys on the console"
+        time.sleep(1)
+    print(json.dumps({"code": sparkfab.__file__, "workdir": str(workdir),
+                      "hosts": json.loads((workdir / "hosts.json").read_text())}))
+finally:
+    target.stop_watcher(workdir, print)
+"""
+
+
+def test_the_local_cloud_runs_from_a_clone_under_tmp(ssh_keypair: Keypair) -> None:
+    """Most users keep their clone in a home directory (or /tmp): the machines have root
+    filesystems of their own, so nothing mounts over it."""
+    from conftest import REPO
+
+    prefix, subnet = f"{PREFIX}t8", derived_subnet(SUBNET, 8)
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "sparkfab",
+                             "templates", "pyproject.toml"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.split()
+    with tempfile.TemporaryDirectory(prefix="sparkfab-clone-", dir="/tmp") as tmp:
+        clone = Path(tmp)
+        for rel in listed:
+            (clone / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, clone / rel)
+        out = subprocess.run([sys.executable, "-c", CLONE_SCRIPT, prefix, subnet,
+                              ssh_keypair.public_key], cwd=clone, capture_output=True,
+                             text=True, timeout=400)
+        assert out.returncode == 0, out.stderr[-3000:]
+        doc = json.loads(next(line for line in out.stdout.splitlines()
+                              if line.startswith('{"code"')))
+        assert doc["code"].startswith(f"{clone}/") and doc["workdir"].startswith(f"{clone}/")
+        assert len(doc["hosts"]) == 1
+        assert leftovers(prefix) == []
