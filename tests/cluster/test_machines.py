@@ -136,3 +136,68 @@ def test_a_running_machine_is_halted_by_sigterm_and_nothing_stays(
     assert machine.process.returncode == 0
     assert _leftovers(machine) == [] and not machine.node_dir.exists()
     print(f"halt: {halt_s:.1f}s")
+
+
+# The lists' lock for the first half (apt-get update retries), dpkg's for all of it
+# (apt-get install waits through DPkg::Lock::Timeout).
+HOLD_APT_LOCKS = """
+import fcntl, sys, time
+held = [open(p, "w") for p in ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock",
+                                "/var/lib/apt/lists/lock")]
+for fh in held:
+    fcntl.lockf(fh, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[1]) / 2)
+held[2].close()
+time.sleep(float(sys.argv[1]) / 2)
+"""
+
+
+def test_package_installs_wait_for_first_boot_and_apt_locks(
+    cloud_and_provider: tuple[LocalCloud, machines.NspawnProvider],
+    ssh_keypair: Keypair, tmp_path: Path,
+) -> None:
+    """What a fresh EC2 instance does to sparkfab's first step: cloud-init still running,
+    another apt (apt-daily, package_update) holding dpkg's and the lists' locks."""
+    from sparkfab.layout import LAYOUT
+    from sparkfab.render import render
+
+    cloud, provider = cloud_and_provider
+    ip = str(cloud.subnet.network_address + 6)
+    machine = provider.create(machines.MachineSpec(
+        "i-0boot3", "i-0boot3", ip, (ssh_keypair.public_key,)))
+    hold_s = 20
+    try:
+        provider.boot(machine)
+        _until(lambda: hostkeys.keys_in_console(provider.console_output(machine)),
+               "host keys on the console", 120)
+        known = tmp_path / "known_hosts"
+        known.write_text("".join(f"{ip} {k}\n" for k in
+                                 hostkeys.keys_in_console(provider.console_output(machine))))
+        _until(lambda: _ssh(ip, ssh_keypair.private_key, known, "true").returncode == 0,
+               "ssh", 60)
+        script = (render("_lib.sh", layout=LAYOUT.as_dict())
+                  + "pkg_install jq\njq --version\n")
+        holder = subprocess.Popen(
+            ["ssh", "-i", str(ssh_keypair.private_key), "-F", "/dev/null",
+             "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={known}",
+             f"admin@{ip}", f"sudo -n python3 -c '{HOLD_APT_LOCKS}' {hold_s}"],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            t0 = time.monotonic()
+            out = subprocess.run(
+                ["ssh", "-i", str(ssh_keypair.private_key), "-F", "/dev/null",
+                 "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={known}",
+                 f"admin@{ip}", "sudo -n bash -s"],
+                input=script, capture_output=True, text=True, timeout=300)
+            waited = time.monotonic() - t0
+        finally:
+            holder.wait(timeout=hold_s + 30)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.strip().splitlines()[-1].startswith("jq-")
+        assert "waiting for another apt" in out.stdout
+        assert waited >= hold_s - 5  # it waited for the locks instead of failing
+    finally:
+        provider.destroy(machine)
+    assert _leftovers(machine) == []
