@@ -413,7 +413,7 @@ _LOCAL_CLOUD_HELP = {
     "first use from PyPI and Maven Central: minutes)",
 }, auto_shortflags=False)
 def local_cloud_up(c, prefix=None, subnet=None, mirror=None):
-    """Start a local stand-in for AWS (moto + sshd hosts in namespaces); needs root."""
+    """Start a local stand-in for AWS (moto + a booted Debian machine per instance); needs root."""
     from sparkfab.localcloud import target
 
     with _user_errors():
@@ -427,7 +427,7 @@ def local_cloud_up(c, prefix=None, subnet=None, mirror=None):
 
 @task(help={"prefix": _LOCAL_CLOUD_HELP["prefix"]}, auto_shortflags=False)
 def local_cloud_down(c, prefix=None):
-    """Stop the local cloud: every host, moto_server and all it held; `fab teardown` first."""
+    """Stop the local cloud: every machine, moto_server and all it held; `fab teardown` first."""
     from sparkfab.localcloud import target
 
     with _user_errors():

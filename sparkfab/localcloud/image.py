@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sparkfab.config import DEBIAN_PYTHON, DEBIAN_SSH_USER
+from sparkfab.errors import UserError
 
 # The distribution users get by default on AWS (config.DEBIAN_AMI_PARAMETER): Debian 13.
 SUITE = "trixie"
@@ -84,8 +85,8 @@ WantedBy=multi-user.target
 Say = Callable[[str], None]
 
 
-class ImageError(RuntimeError):
-    """The image could not be built; the message says why and what to install."""
+class ImageError(UserError):
+    """The image could not be built; the message says why, the hint what to do."""
 
 
 def recipe() -> dict[str, object]:
@@ -142,13 +143,15 @@ def ensure_host_packages(say: Say = print) -> None:
         return
     command = install_command(need)
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise ImageError(f"missing Debian packages {', '.join(need)}: run `{command}`")
+        raise ImageError(f"the local cloud's machines need Debian packages {', '.join(need)}",
+                         hint=f"run `{command}` as root")
     say(f"installing {', '.join(need)}: {command}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for argv in (["apt-get", "update", "-qq"], [*command.split(), "-qq"]):
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         if proc.returncode != 0:
-            raise ImageError(f"`{' '.join(argv)}` failed: {proc.stderr.strip()[-400:]}")
+            raise ImageError(f"`{' '.join(argv)}` failed: {proc.stderr.strip()[-400:]}",
+                             hint=f"install them by hand: `{command}`")
 
 
 def is_built(path: Path) -> bool:
@@ -227,10 +230,12 @@ def _debootstrap(target: Path) -> None:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
                               check=False, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
-        raise ImageError(f"mmdebstrap did not finish in {BUILD_TIMEOUT_S}s") from exc
+        raise ImageError(f"mmdebstrap did not finish in {BUILD_TIMEOUT_S}s",
+                         hint="is the Debian registry (deb.debian.org) reachable?") from exc
     if proc.returncode != 0:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
-        raise ImageError(f"mmdebstrap failed ({proc.returncode}): {tail}")
+        raise ImageError(f"mmdebstrap failed ({proc.returncode}): {tail}",
+                         hint="is the Debian registry (deb.debian.org) reachable?")
 
 
 def _prepare(root: Path) -> None:
