@@ -121,6 +121,9 @@ class NspawnProvider:
             (node / part).mkdir(parents=True, exist_ok=True)
         if fresh:
             self._seed(node / "upper", spec)
+            # A new machine's console starts empty: keys printed by an earlier machine of
+            # the same name (a re-run) must never be read as this one's.
+            machine.console_path.write_bytes(b"")
         offset = self._offset(spec.ip)
         netns.create_namespace(
             ns, self.names.bridge, self.names.veth_outer(offset),
