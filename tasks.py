@@ -200,7 +200,7 @@ def _user_errors() -> Iterator[None]:
     "spot": "workers as one-time spot instances (the master stays on-demand)",
     "on_demand": "workers on-demand (overrides spot: true in the settings)",
     "root_volume_gb": "root volume size per node, GiB (encrypted gp3)",
-    "ami": "AMI id (default: current Ubuntu 24.04 LTS via AWS's public SSM parameter)",
+    "ami": "AMI id (default: current Debian 13 via Debian's public SSM parameter)",
     "operator_cidr": "network allowed to SSH in (default: your public IP/32)",
     "allow_wide_operator_cidr": "accept an --operator-cidr wider than /16 (refused "
     "otherwise, as a likely mistake)",
@@ -305,7 +305,7 @@ def teardown(c, cluster=None, region=None, yes=False, delete_bucket=False, confi
     "from `python -m sparkfab.localcloud.mirror`); default: download from the origins "
     "(Apache, Maven Central, PyPI) into .cache/artifacts, verified",
     "python": "the nodes' Python version the wheelhouse is built for (default: the "
-    "node_python setting, 3.12 for Ubuntu 24.04)",
+    "node_python setting, 3.13 for Debian 13)",
     "weights": "model weights to stage, run-job's default on this cluster: imagenet (Keras' "
     "download, made on this machine), demo (the offline demo weights) or a .weights.h5/"
     ".keras file (default: demo in the local cloud, imagenet otherwise)",
@@ -449,7 +449,7 @@ _LOCAL_CLOUD_HELP = {
     "first use from PyPI and Maven Central: minutes)",
 }, auto_shortflags=False)
 def local_cloud_up(c, prefix=None, subnet=None, mirror=None):
-    """Start a local stand-in for AWS (moto + sshd hosts in namespaces); needs root."""
+    """Start a local stand-in for AWS (moto + a booted Debian machine per instance); needs root."""
     from sparkfab.localcloud import target
 
     with _user_errors():
@@ -463,7 +463,7 @@ def local_cloud_up(c, prefix=None, subnet=None, mirror=None):
 
 @task(help={"prefix": _LOCAL_CLOUD_HELP["prefix"]}, auto_shortflags=False)
 def local_cloud_down(c, prefix=None):
-    """Stop the local cloud: every host, moto_server and all it held; `fab teardown` first."""
+    """Stop the local cloud: every machine, moto_server and all it held; `fab teardown` first."""
     from sparkfab.localcloud import target
 
     with _user_errors():

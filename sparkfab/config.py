@@ -34,9 +34,17 @@ from sparkfab.regions import EU_REGIONS
 CONFIG_FILE = "sparkfab.yaml"
 CONFIG_ENV = "SPARKFAB_CONFIG"
 ENV_PREFIX = "SPARKFAB_"
+# Debian 13 (trixie), the default: Debian's public parameter (wiki.debian.org/Cloud/
+# AmazonEC2Image). The local cloud boots the same distribution (localcloud/image.py).
+DEBIAN_AMI_PARAMETER = "/aws/service/debian/release/13/latest/amd64"
+DEBIAN_SSH_USER = "admin"
+DEBIAN_PYTHON = "3.13"
+# The documented alternative: set all three keys (ami_ssm_parameter, ssh_user, node_python).
 UBUNTU_AMI_PARAMETER = (
     "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
 )
+UBUNTU_SSH_USER = "ubuntu"
+UBUNTU_PYTHON = "3.12"
 PYTHON_ENVS = ("venv", "conda")
 SSH_ADDRESSES = ("public", "private")
 # Tag keys sparkfab writes itself; user tags may not override them.
@@ -70,10 +78,12 @@ class Settings:
     root_volume_gb: int = field(default=30, metadata=_doc(
         "size of each node's encrypted gp3 root volume, GiB"))
     ami: str | None = field(default=None, metadata=_doc(
-        "AMI id; unset: the current Ubuntu 24.04 LTS image from ami_ssm_parameter"))
-    ami_ssm_parameter: str = field(default=UBUNTU_AMI_PARAMETER, metadata=_doc(
-        "public SSM parameter holding the default AMI id"))
-    ssh_user: str = field(default="ubuntu", metadata=_doc("login user of the AMI"))
+        "AMI id; unset: the current Debian 13 image from ami_ssm_parameter"))
+    ami_ssm_parameter: str = field(default=DEBIAN_AMI_PARAMETER, metadata=_doc(
+        "public SSM parameter holding the default AMI id (Ubuntu 24.04 LTS: "
+        f"{UBUNTU_AMI_PARAMETER}, with ssh_user ubuntu and node_python 3.12)"))
+    ssh_user: str = field(default=DEBIAN_SSH_USER, metadata=_doc(
+        "login user of the AMI (Debian: admin, Ubuntu: ubuntu)"))
     public_key_path: str = field(default="~/.ssh/id_ed25519.pub", metadata=_doc(
         "your SSH public key (ed25519 or RSA); the private key is this path without .pub"))
     operator_cidr: str | None = field(default=None, metadata=_doc(
@@ -106,10 +116,10 @@ class Settings:
         "subnet to launch into; unset: AWS picks one of the VPC's default subnets"))
     python_env: str = field(default="venv", metadata=_doc(
         "Python environment on the nodes: venv or conda"))
-    node_python: str = field(default="3.12", metadata=_doc(
-        "the nodes' Python (major.minor) the job's wheels are staged for; 3.12 is the python3 "
-        "of Ubuntu 24.04 LTS, the default AMI (with python_env: conda, the Python conda "
-        "installs)"))
+    node_python: str = field(default=DEBIAN_PYTHON, metadata=_doc(
+        "the nodes' Python (major.minor) the job's wheels are staged for; 3.13 is the python3 "
+        "of Debian 13, the default AMI (Ubuntu 24.04: 3.12; with python_env: conda, the "
+        "Python conda installs)"))
     artifact_source: str = field(default="bucket", metadata=_doc(
         "where nodes download Spark/jars/wheels: 'bucket' (staged into the cluster "
         "bucket) or a mirror base URL"))
@@ -334,15 +344,15 @@ def validate(s: Settings) -> list[tuple[str, str, str]]:
                     "use one of: " + ", ".join(known))
     if not 8 <= s.root_volume_gb <= 16384:
         bad("root_volume_gb", f"root_volume_gb={s.root_volume_gb} is out of range",
-            "use 8 to 16384 GiB (the Ubuntu image needs at least 8)")
+            "use 8 to 16384 GiB (the Debian and Ubuntu images need at least 8)")
     if s.ami is not None and not _AMI.match(s.ami):
         bad("ami", f"ami {s.ami!r} is not an AMI id", "an id looks like ami-0123456789abcdef0")
     if not s.ami_ssm_parameter.startswith("/"):
         bad("ami_ssm_parameter", f"ami_ssm_parameter {s.ami_ssm_parameter!r} is not a "
-            "parameter path", f"the default is {UBUNTU_AMI_PARAMETER}")
+            "parameter path", f"the default is {DEBIAN_AMI_PARAMETER}")
     if not _USER.match(s.ssh_user):
         bad("ssh_user", f"ssh_user {s.ssh_user!r} is not a Linux user name",
-            "the Ubuntu images use 'ubuntu'")
+            "Debian's images use 'admin', Ubuntu's 'ubuntu'")
     if not s.public_key_path.strip():
         bad("public_key_path", "public_key_path is empty", "point it at your .pub key")
     if s.operator_cidr is not None:
@@ -398,7 +408,7 @@ def validate(s: Settings) -> list[tuple[str, str, str]]:
             "e.g. subnet-0123456789abcdef0")
     if not re.match(r"^3\.\d{1,2}$", s.node_python):
         bad("node_python", f"node_python {s.node_python!r} is not a Python version like 3.12",
-            "the python3 version of the nodes' image (Ubuntu 24.04: 3.12)")
+            "the python3 version of the nodes' image (Debian 13: 3.13, Ubuntu 24.04: 3.12)")
     if s.python_env not in PYTHON_ENVS:
         bad("python_env", f"python_env {s.python_env!r} is not one of {', '.join(PYTHON_ENVS)}",
             "venv (default) or conda")

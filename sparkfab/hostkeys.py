@@ -2,9 +2,9 @@
 
 sparkfab never trusts a key on first use (sparkfab.remote rejects unknown keys), so the
 keys must come from a channel other than the SSH connection itself:
-- on AWS, each instance's console output: cloud-init prints the host's public keys between
-  `-----BEGIN SSH HOST KEY KEYS-----` and `-----END SSH HOST KEY KEYS-----` at first boot;
-- in the local cloud, the harness that started each host's sshd (its watcher's records).
+each instance's console output (`GetConsoleOutput`): cloud-init prints the host's public
+keys between `-----BEGIN SSH HOST KEY KEYS-----` and `-----END SSH HOST KEY KEYS-----` at
+first boot. The local cloud's machines do the same, and its moto serves their consoles.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ END = "-----END SSH HOST KEY KEYS-----"
 # Console output appears a minute or two after boot on AWS, sometimes more.
 CONSOLE_TIMEOUT_S = 600.0
 CONSOLE_POLL_S = 10.0
+# The local cloud's nodes print their keys seconds after launch.
+LOCAL_CONSOLE_POLL_S = 1.0
 _KEY = re.compile(r"((?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) [A-Za-z0-9+/=]+)")
 
 Say = Callable[[str], None]
@@ -43,7 +45,7 @@ def _console_output(ec2: Any, instance_id: str) -> str:
 
 
 def from_console(ec2: Any, inv: Inventory, say: Say,
-                 timeout_s: float = CONSOLE_TIMEOUT_S) -> str:
+                 timeout_s: float = CONSOLE_TIMEOUT_S, poll_s: float | None = None) -> str:
     """known_hosts lines for every node, from the instances' console output (AWS)."""
     pending = {n.instance_id: n for n in inv.nodes}
     lines: list[str] = []
@@ -66,25 +68,16 @@ def from_console(ec2: Any, inv: Inventory, say: Say,
         if not said:
             say("waiting for the instances to print their SSH host keys (console output)")
             said = True
-        time.sleep(CONSOLE_POLL_S)
+        time.sleep(poll_s or CONSOLE_POLL_S)
     return "".join(line + "\n" for line in lines)
-
-
-def from_local_cloud(workdir: Path, inv: Inventory) -> str:
-    """known_hosts lines for every node, from the local cloud watcher's records."""
-    from sparkfab.localcloud import target
-
-    by_id = target.host_keys(workdir, [n.instance_id for n in inv.nodes])
-    # The harness records each host's key under its private IP: the address SSH uses here.
-    return "".join(f"{inv.address(n)} {by_id[n.instance_id].split(None, 1)[1]}\n"
-                   for n in inv.nodes)
 
 
 def record(inv: Inventory, settings: Any, ec2: Any, say: Say,
            directory: Path | None = None) -> Path:
     """Write inventory/<cluster>.known_hosts with every node's keys; its path."""
     local = getattr(settings, "local_cloud", None)
-    text = from_local_cloud(Path(local), inv) if local else from_console(ec2, inv, say)
+    text = from_console(ec2, inv, say,
+                        poll_s=LOCAL_CONSOLE_POLL_S if local else None)
     path = inventory.known_hosts_path(inv.cluster, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

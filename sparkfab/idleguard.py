@@ -36,8 +36,9 @@ STATE_FILE = f"{LAYOUT.state_dir}/idle-guard.json"
 INTERVAL_S = 60
 # On AWS the instances are launched with shutdown behaviour `terminate`.
 AWS_SHUTDOWN = ("shutdown", "-h", "now")
-# In the local cloud the "instances" share this machine's kernel: a real shutdown would
-# power off the host. There the guard stops the master daemon instead, which a test sees.
+# The local cloud's sshd hosts (hosts.py, used by the install tests) share this machine's
+# kernel: a real shutdown would power off the host. There the guard stops the master
+# daemon instead, which a test sees. Its booted machines (machines.py) shut down for real.
 LOCAL_CLOUD_SHUTDOWN = (f"{LAYOUT.bin_dir}/sparkfab-service", "stop", "spark-master")
 _STAGING = re.compile(re.escape(HOME_DIR) + r"/idle-guard\.[A-Za-z0-9]{8}")
 # Interactive logins (utmp): an operator's `fab ssh` shell keeps the cluster up.
@@ -58,7 +59,7 @@ class GuardConfig:
 
 
 def shutdown_command_for(inv: Inventory) -> tuple[str, ...]:
-    return LOCAL_CLOUD_SHUTDOWN if inv.extra.get("local_cloud") else AWS_SHUTDOWN
+    return LOCAL_CLOUD_SHUTDOWN if inv.extra.get("shared_kernel") else AWS_SHUTDOWN
 
 
 def config_for(

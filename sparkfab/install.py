@@ -38,7 +38,8 @@ from sparkfab.spark import (
 
 INSTALL_STEPS = ("java", "spark", "python", "packages")
 STEP_TIMEOUT_S = {"java": 900, "spark": 900, "python": 900, "packages": 1800, "config": 120}
-APT_JAVA_PACKAGE = "openjdk-17-jre-headless"
+# Newest first: Debian 13 has 21 (and 25) but no 17; Ubuntu 24.04 has both; Debian 12 17.
+APT_JAVA_PACKAGES = ("openjdk-21-jre-headless", "openjdk-17-jre-headless")
 DNF_JAVA_PACKAGE = "java-17-amazon-corretto-headless"
 # Native LAPACK for Spark ML: PCA's SVD of the 1280 x 1280 covariance takes ~1 s with
 # OpenBLAS and ~7 s in netlib's pure-Java fallback (measured on the 2-core test machine).
@@ -92,7 +93,7 @@ def render_step(step: str, plan: InstallPlan, layout: Layout = LAYOUT) -> str:
     """The script for one install step (the same on every node)."""
     ctx: dict[str, Any] = {"layout": layout.as_dict(), "step": step}
     if step == "java":
-        ctx.update(java_majors=list(SUPPORTED_MAJORS), apt_java_package=APT_JAVA_PACKAGE,
+        ctx.update(java_majors=list(SUPPORTED_MAJORS), apt_java_packages=list(APT_JAVA_PACKAGES),
                    dnf_java_package=DNF_JAVA_PACKAGE, apt_lapack_package=APT_LAPACK_PACKAGE,
                    dnf_lapack_package=DNF_LAPACK_PACKAGE)
     elif step == "spark":

@@ -299,13 +299,13 @@ class Remote:
             return SshError(
                 f"{node.name} ({addr}): SSH key refused for {user}: the key is the "
                 f"cluster's, so the user is likely wrong",
-                hint="set ssh_user to the image's login user (Ubuntu: ubuntu, Amazon "
-                "Linux: ec2-user, Debian: admin)",
+                hint="set ssh_user to the image's login user (Debian: admin, Ubuntu: "
+                "ubuntu, Amazon Linux: ec2-user)",
             )
         return SshError(
             f"{node.name} ({addr}): SSH key refused for {user}: wrong key "
             f"({self.private_key}) or wrong user ({user})",
-            hint="check public_key_path and ssh_user (Ubuntu images: ubuntu)",
+            hint="check public_key_path and ssh_user (Debian images: admin, Ubuntu: ubuntu)",
         )
 
     def _unreachable_error(self, node: Node, exc: BaseException, waited: float) -> SshError:

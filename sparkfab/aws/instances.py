@@ -68,7 +68,7 @@ def resolve_ami(ec2: Any, ssm: Any, settings: Settings) -> Image:
             raise
     if not images:
         raise UserError(f"AMI {image_id} was not found in {settings.region}",
-                        hint="AMI ids differ per region: unset ami to use the Ubuntu 24.04 "
+                        hint="AMI ids differ per region: unset ami to use the Debian 13 "
                         "image, or give an id from this region")
     img = images[0]
     return Image(image_id, img.get("RootDeviceName") or "/dev/sda1",
@@ -87,7 +87,7 @@ def check_architecture(ec2: Any, image: Image, instance_types: set[str]) -> None
 
 def user_data(settings: Settings, role: str, master_ip: str | None) -> str:
     return render(USER_DATA_TEMPLATE, cluster=settings.cluster, role=role,
-                  max_lifetime_hours=settings.max_lifetime_hours,
+                  max_lifetime_s=settings.max_lifetime_hours * 3600,
                   master_ip=master_ip if role == ROLE_WORKER else None,
                   orphan_minutes=ORPHAN_MINUTES)
 

@@ -109,7 +109,7 @@ def translate(exc: Exception, region: str, doing: str = "") -> UserError | None:
                          "spot, or again in a few minutes")
     if code in _AMI:
         return UserError(f"the AMI was not found in {region}{what}: {message}",
-                         hint="AMI ids differ per region: unset ami to use the Ubuntu 24.04 "
+                         hint="AMI ids differ per region: unset ami to use the Debian 13 "
                          "image, or give an id from this region")
     return UserError(f"AWS error{what}: {code}: {message}",
                      hint="run again; if it persists, the message above names the cause")

@@ -40,12 +40,15 @@ from sparkfab.errors import UserError
 from sparkfab.localcloud import netns
 
 SSHD = "/usr/sbin/sshd"
+MOTO_MODULE = "sparkfab.localcloud.motoserver"
 SSH_PORT = 22
 # Per-node empty directories: what a freshly launched instance starts without.
 EMPTY_MOUNTS = ("/opt", "/home", "/root", "/tmp")
 # Per-node copy-on-write views of the machine's own: package state, config, runtime files.
 OVERLAY_MOUNTS = ("/etc", "/var", "/run")
 BOOT_TIMEOUT_S = 15.0
+# moto_server imports all of moto first: ~3 s idle, over 15 s while nodes install beside it.
+MOTO_START_TIMEOUT_S = 90.0
 LOCAL_REGION = "eu-west-3"  # what moto is asked for; EU like every sparkfab region
 # moto accepts any credentials: these dummies mean a real key is never sent to it. Nodes get
 # them through the environment only, never in a file.
@@ -110,13 +113,6 @@ class LocalCloud:
         self.bridge_interface = netns.bridge_address(subnet)
         self.bridge_ip = str(self.bridge_interface.ip)
         self.workdir = (workdir or Path(".cache") / "localcloud" / prefix).resolve()
-        for mount in (*EMPTY_MOUNTS, *OVERLAY_MOUNTS):
-            if self.workdir == Path(mount) or Path(mount) in self.workdir.parents:
-                raise UserError(
-                    f"local cloud workdir {self.workdir} is under {mount}, which each node "
-                    "mounts over with its own",
-                    hint="put the workdir elsewhere, e.g. .cache/localcloud in the repository",
-                )
         self.hosts: dict[str, Host] = {}
         self.moto_endpoint: str | None = None
         self._moto: subprocess.Popen[bytes] | None = None
@@ -207,6 +203,15 @@ class LocalCloud:
 
     def add_host(self, name: str, ip: str | None, authorized_keys: list[str]) -> Host:
         """A namespace at `ip` running sshd that accepts `authorized_keys` for root."""
+        # These hosts (not the booted machines of machines.py) borrow this machine's
+        # filesystem with per-node mounts over these directories.
+        for mount in (*EMPTY_MOUNTS, *OVERLAY_MOUNTS):
+            if self.workdir == Path(mount) or Path(mount) in self.workdir.parents:
+                raise UserError(
+                    f"local cloud workdir {self.workdir} is under {mount}, which each sshd "
+                    "host mounts over with its own",
+                    hint="put the workdir elsewhere, e.g. .cache/localcloud in the repository",
+                )
         if not self._is_up:
             raise RuntimeError("call up() before add_host()")
         ip = ip or self.next_free_ip()
@@ -232,7 +237,7 @@ class LocalCloud:
         try:
             proc = subprocess.Popen(
                 [
-                    *_one_core(offset),
+                    *_taskset(offset),
                     "ip",
                     "netns",
                     "exec",
@@ -302,21 +307,20 @@ class LocalCloud:
 
     # ---- moto ------------------------------------------------------------------------
 
-    def start_moto(self, port: int | None = None) -> str:
-        """Run moto_server on the bridge address (reachable from every node); its URL."""
+    def start_moto(self, port: int | None = None, console_dir: Path | None = None) -> str:
+        """Run moto_server on the bridge address (reachable from every node); its URL.
+
+        Its `GetConsoleOutput` answers with `console_dir/<instance id>.log` (motoserver.py).
+        """
         if self._moto is not None:
             return self.moto_endpoint  # type: ignore[return-value]
-        exe = Path(sys.executable).with_name("moto_server")
-        if not exe.exists():
-            found = shutil.which("moto_server")
-            if found is None:
-                raise UserError("moto_server not found", hint="pip install 'moto[server]'")
-            exe = Path(found)
         port = port or _free_port(self.bridge_ip)
+        console_dir = console_dir or self.workdir / "console"
         log = open(self.workdir / "moto.log", "ab")  # noqa: SIM115 (handed to the child)
         try:
             self._moto = subprocess.Popen(
-                [str(exe), "-H", self.bridge_ip, "-p", str(port)],
+                [sys.executable, "-m", MOTO_MODULE, "--console-dir", str(console_dir),
+                 "-H", self.bridge_ip, "-p", str(port)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -328,8 +332,9 @@ class LocalCloud:
             json.dumps({"pid": self._moto.pid, "host": self.bridge_ip, "port": port})
         )
         self.moto_endpoint = f"http://{self.bridge_ip}:{port}"
-        _wait_for_port(self.bridge_ip, port, self._moto, self.workdir / "moto.log")
-        _wait_for_http(self.moto_endpoint + "/moto-api/")
+        _wait_for_port(self.bridge_ip, port, self._moto, self.workdir / "moto.log",
+                       MOTO_START_TIMEOUT_S)
+        _wait_for_http(self.moto_endpoint + "/moto-api/", MOTO_START_TIMEOUT_S)
         return self.moto_endpoint
 
     def s3_client(self, region: str = LOCAL_REGION) -> Any:
@@ -399,16 +404,21 @@ MaxSessions 50
     )
 
 
-def _one_core(offset: int) -> list[str]:
-    """`taskset` argv that keeps a host (its sshd and all it starts) on one of this
-    machine's cores, round robin by address. An instance has cores of its own: without
-    this, every node's install or executor competes for all the machine's cores, and
-    what one node's work costs next to two nodes' (the issue's 1 vs 2 workers) says
-    nothing about a real cluster. Nothing is pinned on a one-core machine."""
+def one_core(offset: int) -> int | None:
+    """The one core of this machine a host (and all it starts) is kept on, round robin by
+    address. An instance has cores of its own: without this, every node's install or
+    executor competes for all the machine's cores, and what one node's work costs next
+    to two nodes' (the issue's 1 vs 2 workers) says nothing about a real cluster.
+    Nothing is pinned (None) on a one-core machine."""
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2 or shutil.which("taskset") is None:
-        return []
-    return ["taskset", "--cpu-list", str(cores[offset % len(cores)])]
+        return None
+    return cores[offset % len(cores)]
+
+
+def _taskset(offset: int) -> list[str]:
+    core = one_core(offset)
+    return [] if core is None else ["taskset", "--cpu-list", str(core)]
 
 
 def _boot_script(node: Path) -> str:
@@ -485,8 +495,16 @@ def sweep(prefix: str, workdir: Path) -> list[str]:
     Only call it while holding the cloud's lock (or knowing no such cloud runs): it kills
     every process in namespaces named `<prefix>-*`.
     """
+    from sparkfab.localcloud import machines, nat
+
     names = netns.Names(prefix)
-    left: list[str] = []
+    # Booted machines first, by SIGTERM to their nspawn (a clean halt), before their
+    # namespaces' processes are stopped below.
+    left: list[str] = machines.sweep_machines(prefix)
+    try:
+        nat.remove(prefix)
+    except (OSError, nat.NatError) as exc:
+        left.append(f"nft table {nat.table_name(prefix)} ({exc})")
     for ns in netns.list_namespaces():
         if ns.startswith(f"{prefix}-"):
             netns.delete_namespace(ns, "")
@@ -498,7 +516,7 @@ def sweep(prefix: str, workdir: Path) -> list[str]:
             state = json.loads(moto_state.read_text())
             cmd = _cmdline(int(state["pid"]))
             # The pid may have been reused: kill it only if it is still that moto_server.
-            if any("moto_server" in c for c in cmd) and state["host"] in cmd:
+            if any(MOTO_MODULE in c for c in cmd) and state["host"] in cmd:
                 netns.stop_pids([int(state["pid"])])
         moto_state.unlink(missing_ok=True)
     for line in netns.ip("-o", "link", "show").stdout.splitlines():

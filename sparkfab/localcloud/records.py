@@ -48,5 +48,6 @@ def inventory_for(
         bucket=bucket,
         endpoint_url=cloud.moto_endpoint,
         spark_secret=spark_secret or secrets.token_hex(32),
-        extra={"local_cloud": cloud.prefix},
+        # These hosts share this machine's kernel: nothing on them may power it off.
+        extra={"local_cloud": cloud.prefix, "shared_kernel": True},
     )

@@ -1,16 +1,18 @@
 """The local cloud as a target for the real commands: what `fab local-cloud-up/-down` do.
 
-`up()` starts the watcher (sparkfab.localcloud.watcher: bridge, moto_server, one sshd host
-per running moto instance), then shapes moto like an AWS account sparkfab can provision
-into: a VPC and subnet with the bridge's CIDR (so moto's private IPs are the hosts'), an
-"Ubuntu 24.04" AMI behind an SSM parameter, a bucket with the artifacts staged in it. It
-writes a settings file that points sparkfab there; with `SPARKFAB_CONFIG` naming it,
-`fab provision / upload-data / run-job / teardown` run unchanged.
+`up()` installs the Debian packages the machines need (image.py says which), builds or
+reuses the Debian 13 machine image, starts the watcher (sparkfab.localcloud.watcher:
+bridge, NAT, moto_server, one booted machine per running moto instance), then shapes moto
+like an AWS account sparkfab can provision into: a VPC and subnet with the bridge's CIDR
+(so moto's private IPs are the machines'), a "Debian 13" AMI behind an SSM parameter, a
+bucket with the artifacts staged in it. It writes a settings file that points sparkfab
+there; with `SPARKFAB_CONFIG` naming it, `fab provision / upload-data / run-job /
+teardown` run unchanged.
 
 In such settings `local_cloud` names the cloud's directory: sparkfab then signs its moto
-calls with dummy credentials (a real key is never sent to moto), takes the nodes' SSH host
-keys from the watcher's records (on AWS: the instances' console output), and never powers a
-node off (its kernel is this machine's).
+calls with dummy credentials (a real key is never sent to moto). Everything else is as on
+AWS: host keys come from the instances' console output, the nodes log in as `admin`, and
+a node powering itself off stops or terminates its instance.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ from sparkfab.aws import storage
 from sparkfab.errors import UserError
 from sparkfab.localcloud import netns, watcher
 from sparkfab.localcloud.hosts import MOTO_CREDENTIALS, sweep
+from sparkfab.localcloud.image import (
+    DEFAULT_USER,
+    NODE_PYTHON,
+    ensure_host_packages,
+    ensure_image,
+)
 from sparkfab.localcloud.keys import make_keypair
 from sparkfab.localcloud.mirror import DEFAULT_OUT as DEFAULT_MIRROR
 
@@ -44,14 +52,14 @@ ROOT = Path(".cache/localcloud")
 SETTINGS_FILE = "sparkfab.yaml"
 KEY_FILE = "id_ed25519"
 # moto refuses parameter names under /aws/ (AWS's own); the settings name this one instead.
-AMI_PARAMETER = "/sparkfab/local-cloud/ubuntu/24.04/ami-id"
-AMI_NAME = "local-cloud-ubuntu-24.04-amd64"
+AMI_PARAMETER = "/sparkfab/local-cloud/debian/release/13/latest/amd64"
+AMI_NAME = "local-cloud-debian-13-amd64"
 TAG = "sparkfab:local-cloud"  # marks what local-cloud-up made in moto
-READY_TIMEOUT_S = 60.0
+# The first start on a machine builds the image (about a minute; more on a busy machine).
+READY_TIMEOUT_S = 600.0
 # Stopping includes deleting the nodes' files: gigabytes each once installed.
 STOP_TIMEOUT_S = 900.0
 STOP_NOTE_EVERY_S = 15.0
-HOST_KEYS_TIMEOUT_S = 60.0
 WATCHER_MODULE = "sparkfab.localcloud.watcher"
 
 Say = Callable[[str], None]
@@ -244,7 +252,7 @@ def prepare_account(info: CloudInfo, say: Say) -> Placement:
     image = _find(ec2.describe_images(
         Owners=["self"], Filters=[{"Name": "name", "Values": [AMI_NAME]}])["Images"])
     ami_id = image["ImageId"] if image else ec2.register_image(
-        Name=AMI_NAME, Description="the local cloud's stand-in for Ubuntu 24.04 LTS",
+        Name=AMI_NAME, Description="the local cloud's Debian 13 image (sparkfab.localcloud.image)",
         Architecture="x86_64", RootDeviceName="/dev/sda1", VirtualizationType="hvm",
     )["ImageId"]
     ssm.put_parameter(Name=AMI_PARAMETER, Value=ami_id, Type="String", Overwrite=True)
@@ -265,7 +273,7 @@ def stage_artifacts(info: CloudInfo, mirror_dir: Path, say: Say) -> None:
     from sparkfab.localcloud.mirror import build_mirror
 
     say(f"artifact mirror {mirror_dir} (built on first use: minutes)")
-    mirror = build_mirror(mirror_dir)
+    mirror = build_mirror(mirror_dir, NODE_PYTHON)
     staging.stage_cluster(info.client("s3"), info.bucket, mirror, say)
     weights.stage(info.client("s3"), info.bucket, weights.local_file(weights.DEMO, say),
                   weights.DEMO, say)
@@ -283,9 +291,8 @@ def settings_for(info: CloudInfo, placement: Placement, public_key: Path) -> dic
         "bucket": info.bucket,
         # No public addresses here: SSH to the private IPs, as a user behind a VPN does.
         "ssh_address": "private",
-        "ssh_user": "root",
-        # The hosts run this machine's python3, which the mirror's wheelhouse is built for.
-        "node_python": "{}.{}".format(*sys.version_info[:2]),
+        "ssh_user": DEFAULT_USER,
+        "node_python": NODE_PYTHON,
         "public_key_path": str(public_key),
         # The operator is the bridge: its address is the subnet's first.
         "operator_cidr": info.subnet,
@@ -314,6 +321,8 @@ def up(prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET, *,
         raise UserError(f"local cloud {prefix} already runs on {info.subnet}, not {subnet}",
                         hint="`fab local-cloud-down` first, or use another --prefix")
     if info is None:
+        ensure_host_packages(say)
+        ensure_image(say=say)
         info = start_watcher(prefix, subnet, workdir, say)
     else:
         say(f"local cloud {prefix}: already running (watcher pid {info.watcher_pid})")
@@ -361,31 +370,3 @@ def forget_clusters(endpoint_url: str, say: Say, directory: Path | None = None) 
             say(f"cluster {inv.cluster} was in this local cloud (no `fab teardown`): "
                 f"its inventory is removed too")
     return gone
-
-
-# ---- used by provision: the nodes' host keys -------------------------------------------
-
-
-def host_keys(workdir: Path, instance_ids: Iterable[str],
-              timeout_s: float = HOST_KEYS_TIMEOUT_S) -> dict[str, str]:
-    """known_hosts lines by instance id, waiting until the watcher has a host for each
-    (it polls moto: a just-launched instance gets its host within a second or two)."""
-    wanted = set(instance_ids)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            doc = json.loads((workdir / watcher.HOSTS_FILE).read_text())
-        except (OSError, ValueError):
-            doc = {}
-        found = {iid: doc[iid]["known_hosts_line"] for iid in wanted if iid in doc}
-        if len(found) == len(wanted):
-            return found
-        if time.monotonic() > deadline:
-            missing = ", ".join(sorted(wanted - set(found)))
-            running = read_info(workdir) is not None
-            raise UserError(
-                f"the local cloud has no host for instance(s) {missing} after "
-                f"{timeout_s:.0f}s",
-                hint=(f"see {workdir / watcher.LOG_FILE}" if running else
-                      "the local cloud is not running: `fab local-cloud-up`"))
-        time.sleep(0.2)

@@ -1,29 +1,40 @@
-"""The local cloud's "hypervisor": every running moto instance gets a real host, and loses it.
+"""The local cloud's "hypervisor": every running moto instance is a booted machine.
 
 Runs as a background process (started by `fab local-cloud-up`, stopped by pid through
 `fab local-cloud-down`):
 
     python -m sparkfab.localcloud.watcher --prefix sf --subnet 10.77.0.0/24 --workdir DIR
 
-It owns the whole cloud: the bridge, moto_server on the bridge address, and one host per
-instance. Every POLL_S it asks moto for the instances: a running one in the cloud's subnet
-gets a network namespace at its private IP (moto hands them out in order, .4, .5, ...) with
-sshd accepting the public key of the instance's key pair; a terminated or stopped one loses
-its host. What it runs is recorded in the work directory:
+It owns the whole cloud: the bridge, NAT to the package registries (nat.py), moto_server
+on the bridge address, and one machine per instance (machines.py: the Debian image booted
+under systemd-nspawn). It speaks to moto on one side and to the machine provider on the
+other. Every POLL_S it asks moto for the instances of the cloud's subnet:
+- running, no machine yet: a machine is created at the instance's private IP (moto hands
+  them out in order, .4, .5, ...) with the instance's user data and key pair (cloud-init),
+  and booted;
+- stopped or terminated in moto (by the API): its machine is shut down (SIGTERM); a stopped
+  one keeps its disk for the next start, a terminated one loses it;
+- its machine powered itself off (idle guard, lifetime timer, `shutdown -h`): the instance
+  is stopped or terminated in moto, per its `InstanceInitiatedShutdownBehavior`, as EC2 does;
+  a reboot inside the machine boots it again.
+Each machine's console is `console/<instance id>.log`, which moto serves as the instance's
+`GetConsoleOutput` (motoserver.py): host keys reach the operator as on AWS.
+
+What it runs is recorded in the work directory:
 
   watcher.pid   its pid (removed when it stops)
   cloud.json    endpoint, subnet, region: written once moto answers ("ready")
-  hosts.json    instance id -> ip, namespace, sshd pid and the host's known_hosts line
-  known_hosts   those lines: what a client may trust, and nothing else
+  hosts.json    instance id -> ip, namespace, nspawn pid, boots, console log
   watcher.log   what it did, one timestamped line per event
 
-SIGTERM (or SIGINT) stops it: every host and moto_server are stopped by pid, the bridge is
-deleted, and the pid file removed.
+SIGTERM (or SIGINT) stops it: every machine is shut down, moto_server stopped by pid, the
+NAT table and the bridge deleted, and the pid file removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import ipaddress
 import json
 import os
@@ -38,22 +49,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sparkfab.localcloud.hosts import LOCAL_REGION, MOTO_CREDENTIALS, LocalCloud
+from sparkfab.localcloud import machines, nat
+from sparkfab.localcloud.hosts import LOCAL_REGION, MOTO_CREDENTIALS, LocalCloud, one_core
+from sparkfab.localcloud.image import ensure_image
 
 POLL_S = 0.5
-# A host that failed to start is retried after this long, not on every poll.
+# A machine that failed to start is retried after this long, not on every poll.
 RETRY_AFTER_S = 5.0
 DELETE_THREADS = 4
 PID_FILE = "watcher.pid"
 CLOUD_FILE = "cloud.json"
 HOSTS_FILE = "hosts.json"
-KNOWN_HOSTS_FILE = "known_hosts"
 LOG_FILE = "watcher.log"
+CONSOLE_DIR = "console"
 
 
 @dataclass(frozen=True)
 class Wanted:
-    """A running moto instance that should have a host."""
+    """A running moto instance that should have a machine."""
 
     instance_id: str
     ip: str
@@ -65,8 +78,9 @@ class HostRecord:
     instance_id: str
     ip: str
     namespace: str
-    sshd_pid: int
-    known_hosts_line: str
+    pid: int
+    boots: int
+    console: str
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -81,28 +95,37 @@ def host_name(instance_id: str) -> str:
     return instance_id.lower()
 
 
-def wanted_instances(ec2: Any, subnet: ipaddress.IPv4Network,
-                     log: Any = print) -> dict[str, Wanted]:
-    """Running instances in `subnet`, each with the public key of its key pair."""
-    keys: dict[str, str | None] = {}
-    out: dict[str, Wanted] = {}
-    for page in ec2.get_paginator("describe_instances").paginate(
-        Filters=[{"Name": "instance-state-name", "Values": ["running"]}]
-    ):
+def instance_states(ec2: Any, subnet: ipaddress.IPv4Network) -> dict[str, dict[str, Any]]:
+    """Every instance moto has in `subnet` (any state), by id."""
+    out: dict[str, dict[str, Any]] = {}
+    for page in ec2.get_paginator("describe_instances").paginate():
         for res in page["Reservations"]:
             for inst in res["Instances"]:
                 ip = inst.get("PrivateIpAddress")
-                if not ip or ipaddress.IPv4Address(ip) not in subnet:
-                    continue
-                key_name = inst.get("KeyName")
-                if key_name and key_name not in keys:
-                    keys[key_name] = _public_key(ec2, key_name)
-                public_key = keys.get(key_name) if key_name else None
-                if not public_key:
-                    log(f"instance {inst['InstanceId']} at {ip}: no imported key pair "
-                        f"({key_name or 'none given'}); it gets no host")
-                    continue
-                out[inst["InstanceId"]] = Wanted(inst["InstanceId"], ip, public_key)
+                if ip and ipaddress.IPv4Address(ip) in subnet:
+                    out[inst["InstanceId"]] = inst
+    return out
+
+
+def wanted_instances(ec2: Any, subnet: ipaddress.IPv4Network,
+                     log: Any = print,
+                     states: dict[str, dict[str, Any]] | None = None) -> dict[str, Wanted]:
+    """Running instances in `subnet`, each with the public key of its key pair."""
+    keys: dict[str, str | None] = {}
+    out: dict[str, Wanted] = {}
+    for inst in (states if states is not None else instance_states(ec2, subnet)).values():
+        if inst["State"]["Name"] != "running":
+            continue
+        ip = inst["PrivateIpAddress"]
+        key_name = inst.get("KeyName")
+        if key_name and key_name not in keys:
+            keys[key_name] = _public_key(ec2, key_name)
+        public_key = keys.get(key_name) if key_name else None
+        if not public_key:
+            log(f"instance {inst['InstanceId']} at {ip}: no imported key pair "
+                f"({key_name or 'none given'}); it gets no machine")
+            continue
+        out[inst["InstanceId"]] = Wanted(inst["InstanceId"], ip, public_key)
     return out
 
 
@@ -116,12 +139,25 @@ def _public_key(ec2: Any, key_name: str) -> str | None:
     return str(pairs[0].get("PublicKey") or "").strip() or None if pairs else None
 
 
+def user_data(ec2: Any, instance_id: str) -> bytes:
+    """The instance's user data as launched (moto keeps it, base64 as the API gives it)."""
+    attr = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+    value = (attr.get("UserData") or {}).get("Value")
+    return base64.b64decode(value) if value else b""
+
+
+def shutdown_behaviour(ec2: Any, instance_id: str) -> str:
+    attr = ec2.describe_instance_attribute(InstanceId=instance_id,
+                                           Attribute="instanceInitiatedShutdownBehavior")
+    return str((attr.get("InstanceInitiatedShutdownBehavior") or {}).get("Value") or "stop")
+
+
 class Deleter:
-    """Deletes removed hosts' files in the background, several at once.
+    """Deletes removed machines' disks in the background, several at once.
 
     An installed node holds gigabytes (Spark, a Python env with TensorFlow); deleting them
     took minutes here (ext4 mounted with `discard`: every freed extent waits for the
-    disk, so deletions overlap well). A terminated instance's host stops and leaves the
+    disk, so deletions overlap well). A terminated instance's machine stops and leaves the
     network at once; its disk goes away behind it, and `finish()` waits for that before
     the cloud counts as down.
     """
@@ -159,28 +195,35 @@ class Deleter:
 
 
 class Watcher:
-    """Keeps `cloud.hosts` equal to moto's running instances."""
+    """Keeps one booted machine per running moto instance, and moto told of power-offs."""
 
-    def __init__(self, cloud: LocalCloud, ec2: Any, log: Any = print,
-                 deleter: Deleter | None = None) -> None:
+    def __init__(self, cloud: LocalCloud, ec2: Any, provider: machines.NspawnProvider,
+                 log: Any = print, deleter: Deleter | None = None) -> None:
         self.cloud = cloud
         self.ec2 = ec2
+        self.provider = provider
         self.log = log
         self.deleter = deleter or Deleter(cloud.workdir / "trash", log)
-        self.records: dict[str, HostRecord] = {}
+        self.machines: dict[str, machines.Machine] = {}
         self._failed_at: dict[str, float] = {}
 
     def sync(self) -> bool:
-        """One poll: remove hosts of gone instances, then add hosts for new ones.
-        True when something changed."""
-        wanted = wanted_instances(self.ec2, self.cloud.subnet, self.log)
-        changed = False
-        for iid in [i for i in self.records if i not in wanted
-                    or wanted[i].ip != self.records[i].ip]:
-            self._remove(iid)
+        """One poll. True when something changed."""
+        changed = self._power_events()
+        states = instance_states(self.ec2, self.cloud.subnet)
+        wanted = wanted_instances(self.ec2, self.cloud.subnet, self.log, states)
+        for iid in [i for i in self.machines if i not in wanted
+                    or wanted[i].ip != self.machines[i].spec.ip]:
+            state = states.get(iid, {}).get("State", {}).get("Name", "gone")
+            self._remove(iid, keep_disk=state in ("stopping", "stopped"), why=state)
             changed = True
+        for iid, inst in states.items():  # a stopped instance terminated: its disk goes
+            if inst["State"]["Name"] == "terminated" and iid not in self.machines:
+                node = self.cloud.workdir / "nodes" / host_name(iid)
+                if node.exists():
+                    self.deleter.take(node)
         for iid, want in wanted.items():
-            if iid in self.records:
+            if iid in self.machines:
                 continue
             if time.monotonic() - self._failed_at.get(iid, -RETRY_AFTER_S) < RETRY_AFTER_S:
                 continue
@@ -189,43 +232,75 @@ class Watcher:
             self.write_records()
         return changed
 
+    def _power_events(self) -> bool:
+        """Machines that rebooted boot again; those that powered off are stopped or
+        terminated in moto (the instance's shutdown behaviour), as EC2 does."""
+        changed = False
+        for iid, machine in list(self.machines.items()):
+            state = self.provider.power_state(machine)
+            if state == machines.REBOOTING:
+                self.log(f"instance {iid}: rebooted inside; booting it again")
+                self.provider.boot(machine)
+                changed = True
+            elif state == machines.OFF:
+                behaviour = shutdown_behaviour(self.ec2, iid)
+                self.log(f"instance {iid}: powered itself off; shutdown behaviour "
+                         f"{behaviour!r}")
+                if behaviour == "terminate":
+                    self.ec2.terminate_instances(InstanceIds=[iid])
+                else:
+                    self.ec2.stop_instances(InstanceIds=[iid])
+                self._remove(iid, keep_disk=behaviour != "terminate", why="powered off")
+                changed = True
+        return changed
+
     def _add(self, want: Wanted) -> bool:
-        t0 = time.monotonic()
+        name = host_name(want.instance_id)
+        offset = int(ipaddress.IPv4Address(want.ip)) - int(self.cloud.subnet.network_address)
+        spec = machines.MachineSpec(
+            name=name, instance_id=want.instance_id, ip=want.ip,
+            public_keys=(want.public_key,), user_data=user_data(self.ec2, want.instance_id),
+            core=one_core(offset))
+        machine = None
         try:
-            host = self.cloud.add_host(host_name(want.instance_id), want.ip, [want.public_key])
-        except Exception as exc:  # one bad instance must not stop the others' hosts
+            machine = self.provider.create(spec)
+            self.provider.boot(machine)
+        except Exception as exc:  # one bad instance must not stop the others' machines
             self._failed_at[want.instance_id] = time.monotonic()
-            self.log(f"instance {want.instance_id} at {want.ip}: host failed to start: {exc}")
-            self.cloud.remove_host(host_name(want.instance_id))
+            self.log(f"instance {want.instance_id} at {want.ip}: machine failed to start: "
+                     f"{exc}")
+            if machine is not None:
+                self.provider.destroy(machine)
             return False
         self._failed_at.pop(want.instance_id, None)
-        self.records[want.instance_id] = HostRecord(
-            want.instance_id, host.ip, host.namespace, host.sshd_pid, host.host_public_key)
-        self.log(f"instance {want.instance_id}: host up at {host.ip} (namespace "
-                 f"{host.namespace}, sshd pid {host.sshd_pid}, {time.monotonic() - t0:.1f}s)")
+        self.machines[want.instance_id] = machine
+        self.log(f"instance {want.instance_id}: booting at {want.ip} (namespace "
+                 f"{machine.namespace}, nspawn pid {machine.pid}, core {spec.core})")
         return True
 
-    def _remove(self, instance_id: str) -> None:
-        record = self.records.pop(instance_id)
-        name = host_name(instance_id)
-        # Its files go first (a rename: the running sshd keeps what it has open), so the
-        # host is stopped and off the network without waiting for gigabytes to be deleted.
-        self.deleter.take(self.cloud.workdir / "nodes" / name)
-        stubborn = self.cloud.remove_host(name)
+    def _remove(self, instance_id: str, *, keep_disk: bool = False, why: str = "") -> None:
+        machine = self.machines.pop(instance_id)
+        t0 = time.monotonic()
+        stubborn = self.provider.destroy(machine, keep_disk=True)
+        if not keep_disk:
+            self.deleter.take(machine.node_dir)
         note = f"; pids that would not stop: {stubborn}" if stubborn else ""
-        self.log(f"instance {instance_id}: no longer running, host {record.ip} removed{note}")
+        self.log(f"instance {instance_id} ({why}): machine {machine.spec.ip} shut down in "
+                 f"{time.monotonic() - t0:.1f}s{', disk kept' if keep_disk else ''}{note}")
 
     def remove_all(self) -> None:
-        for iid in list(self.records):
-            self._remove(iid)
+        ids = list(self.machines)
+        # Shut down in parallel: each takes seconds, the cloud waits for the slowest.
+        with ThreadPoolExecutor(max_workers=max(1, len(ids))) as pool:
+            list(pool.map(lambda iid: self._remove(iid, why="cloud stopping"), ids))
         self.write_records()
 
     def write_records(self) -> None:
         workdir = self.cloud.workdir
-        doc = {iid: asdict(r) for iid, r in sorted(self.records.items())}
+        doc = {iid: asdict(HostRecord(iid, m.spec.ip, m.namespace, m.pid or 0, m.boots,
+                                      str(m.console_path)))
+               for iid, m in sorted(self.machines.items())}
         write_atomic(workdir / HOSTS_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        write_atomic(workdir / KNOWN_HOSTS_FILE,
-                     "".join(r.known_hosts_line + "\n" for r in self.records.values()))
 
 
 def moto_ec2(endpoint: str, region: str = LOCAL_REGION) -> Any:
@@ -252,9 +327,15 @@ def run(prefix: str, subnet: str, workdir: Path, *, port: int | None = None,
     log = _Log(workdir / LOG_FILE)
     cloud = LocalCloud(prefix, subnet, workdir=workdir)
     try:
+        image = ensure_image(say=log)
         cloud.up()  # takes the cloud's lock: from here on the work directory is ours
+        nat.add(prefix, str(cloud.subnet), cloud.names.bridge)
     except Exception as exc:
         log(f"watcher {os.getpid()} not started: {exc}")
+        try:
+            cloud.down()
+        except Exception as cleanup:  # say both: the cause, and what is left
+            log(f"cleanup incomplete: {cleanup}")
         print(f"error: {exc}", file=sys.stderr)
         return 1
     _clear(workdir)
@@ -263,8 +344,11 @@ def run(prefix: str, subnet: str, workdir: Path, *, port: int | None = None,
     deleter = Deleter(workdir / "trash", log)
     watcher: Watcher | None = None
     try:
-        endpoint = cloud.start_moto(port)
-        watcher = Watcher(cloud, moto_ec2(endpoint), log, deleter)
+        endpoint = cloud.start_moto(port, console_dir=workdir / CONSOLE_DIR)
+        provider = machines.NspawnProvider(
+            image, workdir, cloud.names, cloud.bridge_ip, cloud.subnet.prefixlen,
+            workdir / CONSOLE_DIR, int(cloud.subnet.network_address))
+        watcher = Watcher(cloud, moto_ec2(endpoint), provider, log, deleter)
         watcher.write_records()
         write_atomic(workdir / CLOUD_FILE, json.dumps({
             "prefix": prefix, "subnet": str(cloud.subnet), "bridge_ip": cloud.bridge_ip,
@@ -286,11 +370,11 @@ def run(prefix: str, subnet: str, workdir: Path, *, port: int | None = None,
         log(f"watcher failed: {type(exc).__name__}: {exc}")
         code = 1
     finally:
-        log("stopping: removing every host, moto_server and the bridge")
+        log("stopping: shutting down every machine; moto_server, NAT and the bridge")
         try:
             if watcher is not None:
                 watcher.remove_all()
-            cloud.down()
+            cloud.down()  # its sweep also removes the NAT table
         except Exception as exc:
             log(f"cleanup incomplete: {exc}")
             code = 1
@@ -303,8 +387,9 @@ def run(prefix: str, subnet: str, workdir: Path, *, port: int | None = None,
 
 
 def _clear(workdir: Path) -> None:
-    for name in (CLOUD_FILE, HOSTS_FILE, KNOWN_HOSTS_FILE, PID_FILE):
+    for name in (CLOUD_FILE, HOSTS_FILE, PID_FILE):
         (workdir / name).unlink(missing_ok=True)
+    shutil.rmtree(workdir / CONSOLE_DIR, ignore_errors=True)
 
 
 def main(argv: Iterable[str] | None = None) -> int:

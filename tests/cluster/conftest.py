@@ -89,6 +89,26 @@ def _needs_local_cloud() -> None:
         pytest.skip("local cloud unavailable: " + "; ".join(_WHY_NOT))
 
 
+def leftovers(prefix: str) -> list[str]:
+    """Everything a local cloud named `prefix` makes on this machine that is still there:
+    namespaces, machines' cgroups and nspawn processes, its NAT table, bridge, mounts."""
+    from sparkfab.localcloud import machines, nat, netns, target
+
+    left = [f"namespace {ns}" for ns in netns.list_namespaces() if ns.startswith(f"{prefix}-")]
+    left += [f"cgroup {p}" for p in machines.CGROUP_ROOT.glob(f"{prefix}-*")]
+    if nat.table_exists(prefix):
+        left.append(f"nft table {nat.table_name(prefix)}")
+    if netns.link_exists(netns.Names(prefix).bridge):
+        left.append("bridge")
+    workdir = str(target.workdir_for(prefix, CLOUD_ROOT))
+    left += [f"mount {line.split()[1]}" for line in
+             Path("/proc/self/mounts").read_text().splitlines() if workdir in line]
+    out = subprocess.run(["pgrep", "-f", f"systemd-nspawn.*--machine={prefix}-"],
+                         capture_output=True, text=True, check=False).stdout.split()
+    left += [f"nspawn pid {pid}" for pid in out]
+    return left
+
+
 @pytest.fixture(scope="session")
 def ssh_keypair(tmp_path_factory: pytest.TempPathFactory) -> Keypair:
     """An ed25519 key made for this test session only."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from conftest import CLOUD_ROOT, PREFIX, REPO, SUBNET
+from conftest import CLOUD_ROOT, PREFIX, REPO, SUBNET, leftovers
 from PIL import Image
 
 from sparkfab import demo_weights, inventory, ports
@@ -110,8 +110,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
             target.down(PREFIX_E, root=CLOUD_ROOT)
         print(f"\nfigure: local-cloud-down: {seconds:.0f}s")
         _ok(down, "fab local-cloud-down")
-        assert _namespaces() == []
-        assert not netns.link_exists(netns.Names(PREFIX_E).bridge)
+        assert leftovers(PREFIX_E) == []
         assert target.read_info(workdir) is None
         assert not (workdir / target.SETTINGS_FILE).exists()
         _print_times()

@@ -42,7 +42,7 @@ def test_provision_status_teardown_leaves_nothing_tagged(cloud: Cloud) -> None:
     path = inventory.path_for(cloud.cluster)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert [n.name for n in inv.nodes] == ["master", "worker-1", "worker-2"]
-    assert inv.region == cloud.region and inv.ssh_user == "ubuntu"
+    assert inv.region == cloud.region and inv.ssh_user == "admin"
     assert inv.security_group_id and inv.instance_profile and inv.key_name and inv.bucket
     assert all(n.private_ip and n.public_ip and n.launched_at for n in inv.nodes)
     assert len(inv.spark_secret) >= 40

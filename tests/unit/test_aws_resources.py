@@ -139,7 +139,8 @@ def test_every_instance_is_hardened(cloud: Cloud) -> None:
         assert (vol["VolumeType"], vol["Encrypted"], vol["Size"]) == ("gp3", True, 42)
         data = cloud.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
         script = base64.b64decode(data["UserData"]["Value"]).decode()
-        assert "shutdown -h now" in script and f"{settings.max_lifetime_hours} * 3600" in script
+        assert "shutdown -h now" in script
+        assert f"+ {settings.max_lifetime_hours * 3600} ))" in script
         assert inst["ImageId"] == cloud.ami
         tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
         assert tags["sparkfab:cluster"] == "demo" and tags["created-by"] == "sparkfab"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from sparkfab.aws.session import AwsSession
 from sparkfab.config import load_settings
 from sparkfab.errors import UserError
 from sparkfab.inventory import Inventory, Node
-from sparkfab.localcloud import watcher
 
 pytest_plugins = ["aws_fixtures"]
 ED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGxjFQOe7PfJl/7CgprUAiZgDljin2eqq7jqYf8uS1cp"
@@ -74,17 +72,27 @@ def test_an_instance_that_never_prints_its_keys_is_named(monkeypatch: pytest.Mon
     assert "i-bbb" in err.value.message and "i-aaa" not in err.value.message
 
 
-def test_local_cloud_keys_come_from_the_watchers_records(tmp_path: Path) -> None:
-    records = {"i-aaa": {"known_hosts_line": f"10.0.0.4 {ED}"},
-               "i-bbb": {"known_hosts_line": f"10.0.0.5 {ED[:-4]}BBBB"}}
-    (tmp_path / watcher.HOSTS_FILE).write_text(json.dumps(records))
-    text = hostkeys.from_local_cloud(tmp_path, _inv(ssh_address="private"))
-    assert text == f"10.0.0.4 {ED}\n10.0.0.5 {ED[:-4]}BBBB\n"
-    (tmp_path / watcher.HOSTS_FILE).write_text(json.dumps({"i-aaa": records["i-aaa"]}))
-    with pytest.raises(UserError, match="no host for instance.*i-bbb"):
-        from sparkfab.localcloud import target
+def test_local_cloud_moto_serves_each_instances_own_console(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.ec2.responses.general import General
 
-        target.host_keys(tmp_path, ["i-aaa", "i-bbb"], timeout_s=0.1)
+    from sparkfab.localcloud import motoserver
+
+    monkeypatch.setattr(General, "get_console_output", General.get_console_output)
+    motoserver.patch_moto(tmp_path)
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name="eu-west-3")
+        ids = [i["InstanceId"] for i in ec2.run_instances(
+            ImageId="ami-12c6146b", MinCount=2, MaxCount=2)["Instances"]]
+        (tmp_path / f"{ids[0]}.log").write_text("booting\n" + CONSOLE)
+        inv = _inv()
+        inv.nodes[0].instance_id, inv.nodes[1].instance_id = ids
+        # Before a machine has printed anything, its console is empty (EC2's answer too).
+        assert hostkeys.keys_in_console(hostkeys._console_output(ec2, ids[1])) == []
+        assert hostkeys.keys_in_console(hostkeys._console_output(ec2, ids[0])) == [ECDSA, ED]
+        (tmp_path / f"{ids[1]}.log").write_text(CONSOLE.replace(ED, ED[:-4] + "BBBB"))
+        text = hostkeys.from_console(ec2, inv, print, timeout_s=1, poll_s=0.01)
+    assert text.splitlines()[-1].endswith(f"{ED[:-4]}BBBB")
 
 
 def _mirror(root: Path) -> Mirror:

@@ -33,7 +33,7 @@ def test_defaults_file_env_flags_each_override_the_layer_below(tmp_path: Path) -
     assert s.workers == 7  # flag beats env beats file
     assert s.region == "eu-north-1"  # env beats file; a None flag is "not given"
     assert s.cluster == "from-file"  # file beats default
-    assert s.ssh_user == Settings().ssh_user == "ubuntu"  # default
+    assert s.ssh_user == Settings().ssh_user == "admin"  # default: Debian's
 
 
 def test_sparkfab_config_names_another_file_which_must_exist(tmp_path: Path) -> None:
@@ -147,3 +147,16 @@ def test_plain_http_is_refused_outside_the_local_cloud(key: str, tmp_path: Path)
     local = {"endpoint_url": "http://10.77.0.1:5000", "local_cloud": str(tmp_path),
              key: "http://10.77.0.1:5000/mirror"}
     assert getattr(load_settings(local, env={}), key) == "http://10.77.0.1:5000/mirror"
+
+
+def test_debian_13_is_the_default_and_ubuntu_24_04_the_documented_alternative() -> None:
+    from sparkfab import config
+
+    s = Settings()
+    assert (s.ami_ssm_parameter, s.ssh_user, s.node_python) == (
+        "/aws/service/debian/release/13/latest/amd64", "admin", "3.13")
+    ubuntu = load_settings({"ami_ssm_parameter": config.UBUNTU_AMI_PARAMETER,
+                            "ssh_user": config.UBUNTU_SSH_USER,
+                            "node_python": config.UBUNTU_PYTHON}, env={})
+    assert ubuntu.ssh_user == "ubuntu" and ubuntu.node_python == "3.12"
+    assert config.UBUNTU_AMI_PARAMETER in EXAMPLE.read_text()

@@ -193,9 +193,13 @@ def test_config_watches_the_private_ip_and_sets_the_max_lifetime() -> None:
     assert cfg.master_json_url == "http://10.0.1.10:8080/json/"
     assert cfg.hard_deadline == 1795341600 + 2 * 3600  # 2026-11-22T10:00Z + 2 h
     assert cfg.shutdown_command == ("shutdown", "-h", "now")
-    local = inventory()
-    local.extra["local_cloud"] = "sf"  # never power off the machine that hosts the cloud
-    assert idleguard.config_for(local, 30).shutdown_command == (
+    booted = inventory()
+    booted.extra["local_cloud"] = "/work/.cache/localcloud/sf"  # machines with own kernels
+    assert idleguard.config_for(booted, 30).shutdown_command == ("shutdown", "-h", "now")
+    shared = inventory()
+    # The sshd hosts share this machine's kernel: never power it off.
+    shared.extra.update(local_cloud="sf", shared_kernel=True)
+    assert idleguard.config_for(shared, 30).shutdown_command == (
         "/opt/sparkfab/bin/sparkfab-service", "stop", "spark-master")
     with pytest.raises(UserError, match="idle timeout"):
         idleguard.config_for(inventory(), idle_timeout_minutes=0)

@@ -34,9 +34,12 @@ def test_bridge_takes_the_first_address_and_side_clouds_do_not_overlap() -> None
 
 
 @pytest.mark.parametrize("mount", ["/tmp", "/opt/x", "/root/cloud"])
-def test_a_workdir_the_nodes_mount_over_is_refused(mount: str) -> None:
+def test_sshd_hosts_refuse_a_workdir_they_mount_over(mount: str) -> None:
+    # The booted machines have root filesystems of their own: a cloud may live there
+    # (a clone under /tmp or a home directory); only the sshd hosts mount over it.
+    cloud = LocalCloud("sft", "10.77.9.0/24", workdir=Path(mount))
     with pytest.raises(UserError, match="mounts over"):
-        LocalCloud("sft", "10.77.9.0/24", workdir=Path(mount))
+        cloud.add_host("master", None, [])
 
 
 def test_without_root_the_reason_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
