@@ -1,6 +1,6 @@
 """notebooks/featurize_pca.ipynb executed headless (nbclient) in Spark local mode: every
 cell runs, with the job's modules, and the plots come out inline. The cluster run of the
-same notebook is tests/cluster/test_notebook.py."""
+same notebook is tests/cluster/test_notebook_cluster.py."""
 
 from __future__ import annotations
 
