@@ -56,7 +56,8 @@ def rendered_scripts(layout: Layout) -> dict[str, str]:
     ctx = _ctx_common(layout)
     out["install-java"] = render(
         "install-java.sh", **ctx, java_majors=[hostile("17"), hostile("21")],
-        apt_java_package=hostile("apt-java"), dnf_java_package=hostile("dnf-java"),
+        apt_java_packages=[hostile("apt-java-21"), hostile("apt-java-17")],
+        dnf_java_package=hostile("dnf-java"),
         apt_lapack_package=hostile("apt-lapack"), dnf_lapack_package=hostile("dnf-lapack"))
     out["install-spark"] = render(
         "install-spark.sh", **ctx, spark_version=hostile("version"),
@@ -83,7 +84,7 @@ def rendered_scripts(layout: Layout) -> dict[str, str]:
         out[f"{role}-configure"] = render_configure(node, files, layout)
         out[f"{role}-user-data"] = render(
             "user-data.sh", cluster=hostile("cluster"), role=hostile(role),
-            max_lifetime_hours=8, orphan_minutes=10,
+            max_lifetime_s=8 * 3600, orphan_minutes=10,
             master_ip=hostile("master-ip") if role == "worker" else None)
     out["start-service"] = render("start-service.sh", layout=layout.as_dict(),
                                   name=hostile("service"))
