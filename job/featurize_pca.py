@@ -243,7 +243,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spark = SparkSession.builder.appName(f"featurize_pca {args.run_id}").getOrCreate()
     sc = spark.sparkContext
     for module in JOB_MODULES:
-        sc.addPyFile(module.__file__)
+        # A module imported from a --py-files zip is already shipped by spark-submit, and
+        # its __file__ (inside the zip) is no file addPyFile can read.
+        if os.path.isfile(module.__file__):
+            sc.addPyFile(module.__file__)
 
     input_store = outputs.Store(spark, args.input)
     if not input_store.exists():
