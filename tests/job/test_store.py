@@ -18,24 +18,6 @@ ODD_NAMES = ["a/plain.jpg", "café au lait/ä b.JPG", "x/a [1]%20.png", "x/semi;
              "y/plain.jpg"]
 
 
-@pytest.fixture(scope="module")
-def spark():
-    from pyspark.sql import SparkSession
-
-    from sparkfab.localjob import LOCAL_SPARK_CONF, local_env
-
-    with pytest.MonkeyPatch.context() as env:
-        for key, value in local_env().items():
-            if key.startswith(("JAVA", "PYSPARK")):
-                env.setenv(key, value)
-        builder = SparkSession.builder.master("local[2]")
-        for key, value in LOCAL_SPARK_CONF.items():
-            builder = builder.config(key, value)
-        session = builder.getOrCreate()
-        yield session
-        session.stop()
-
-
 def _files(spark, root: Path):
     return spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(root))
 
