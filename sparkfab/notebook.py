@@ -39,7 +39,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sparkfab import ports, submit, tunnel
+from sparkfab import pidgroup, ports, submit, tunnel
 from sparkfab.errors import UserError
 from sparkfab.inventory import Inventory
 from sparkfab.layout import LAYOUT, Layout
@@ -165,12 +165,8 @@ def start_command(inv: Inventory, paths: Paths, layout: Layout = LAYOUT) -> str:
 
 
 def stop_command(inv: Inventory, paths: Paths) -> str:
-    """Stops the server's process group if its pid file names a live process; quiet if not."""
-    pidfile = shlex.quote(paths.pid)
-    # `kill -TERM -PGID`, without `--`: dash (Debian's sh) reads `--` as a pid.
-    inner = (f'pid=$(cat {pidfile} 2>/dev/null) && [ "$pid" -gt 1 ] 2>/dev/null && '
-             f'kill -TERM "-$pid" 2>/dev/null; rm -f {pidfile}')
-    return f"{_sudo(inv)}sh -c {shlex.quote(inner)} || true"
+    """Stops the server's process group if its pid file names one; quiet if not."""
+    return pidgroup.stop_command(_sudo(inv), paths.pid, remove_pidfile=True)
 
 
 def alive_command(inv: Inventory, paths: Paths) -> str:

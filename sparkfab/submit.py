@@ -31,7 +31,7 @@ from typing import Any, TextIO
 from botocore.exceptions import BotoCoreError, ClientError
 from paramiko.ssh_exception import SSHException
 
-from sparkfab import ports, s3path, spark, weights
+from sparkfab import pidgroup, ports, s3path, spark, weights
 from sparkfab.errors import UserError
 from sparkfab.inventory import Inventory
 from sparkfab.layout import LAYOUT, Layout
@@ -165,6 +165,11 @@ def check_job_args(job_args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
                 f"{flag} is set by run-job itself, not passed through to the job",
                 "give the input and output as run-job's own --input/--output",
             )
+    flags = {arg.split("=", 1)[0] for arg in job_args}
+    # The job refuses this pair too (job/featurize_pca.py); here it fails before any SSH.
+    if "--pca-from" in flags and flags & {"--k", "--variance"}:
+        raise UserError("--pca-from takes k from the earlier run's basis: drop --k/--variance",
+                        "the new rows are projected on that run's components")
     return tuple(job_args)
 
 
@@ -234,7 +239,7 @@ def prepare_command(inv: Inventory, staged_zip: str, run: str, layout: Layout = 
 
 
 def remote_submit_command(inv: Inventory, app: App, run: str, layout: Layout = LAYOUT) -> str:
-    """The spark-submit, in its own session so that one `kill -- -PGID` stops the driver
+    """The spark-submit, in its own session so that one `kill -TERM -PGID` stops the driver
     and its Python; the pid is kept in the run folder for `stop_command`."""
     argv = " ".join(shlex.quote(a) for a in app_argv(inv, app, run, layout))
     # The service user's own home (runuser keeps root's): Keras and matplotlib cache there.
@@ -243,21 +248,8 @@ def remote_submit_command(inv: Inventory, app: App, run: str, layout: Layout = L
     return f"{as_service_user(inv.ssh_user, layout)}setsid -w sh -c {shlex.quote(inner)}"
 
 
-# driver.pid is written by the service user: only a plain process id above 1 is signalled
-# ("0", "-1", "1" or text would reach other process groups), and only as that user.
-_STOP_DRIVER = (
-    'pid=$(cat "$1" 2>/dev/null) || exit 0\n'
-    'case $pid in\n'
-    '    ""|*[!0-9]*|0*|1) echo "not a driver pid: $pid" >&2; exit 0 ;;\n'
-    'esac\n'
-    'kill -TERM -- "-$pid"\n'
-)
-
-
 def stop_command(inv: Inventory, run: str, layout: Layout = LAYOUT) -> str:
-    pidfile = shlex.quote(f"{run}/driver.pid")
-    return (f"{as_service_user(inv.ssh_user, layout)}sh -c {shlex.quote(_STOP_DRIVER)} _ "
-            f"{pidfile} 2>/dev/null || true")
+    return pidgroup.stop_command(as_service_user(inv.ssh_user, layout), f"{run}/driver.pid")
 
 
 def cleanup_command(inv: Inventory, run: str, layout: Layout = LAYOUT) -> str:

@@ -83,8 +83,11 @@ def images(local_cloud: LocalCloud, cluster: Inventory,
 
 def run(local_cloud: LocalCloud, inv: Inventory, input_: s3path.S3Path, output: str,
         out: io.StringIO | None = None, extra: tuple[str, ...] = (), **kw) -> submit.RunResult:
-    req = submit.JobRequest(input_, s3path.parse(output),
-                            submit.check_job_args(JOB_ARGS + extra))
+    base = JOB_ARGS
+    if "--pca-from" in extra:  # k comes from the earlier run's basis
+        at = base.index("--k")
+        base = base[:at] + base[at + 2:]
+    req = submit.JobRequest(input_, s3path.parse(output), submit.check_job_args(base + extra))
     with Remote(inv, known_hosts=inventory.known_hosts_path("t5"), out=None) as remote:
         return submit.run_on_cluster(inv, remote, local_cloud.s3_client(), req,
                                      Path(inventory.INVENTORY_DIR) / "runs",

@@ -73,6 +73,8 @@ def _fab_stage(local_cloud: LocalCloud, bucket: str, tmp_path: Path, *args: str)
            if not k.startswith(("AWS_", "SPARKFAB_"))}
     env.update(
         SPARKFAB_ENDPOINT_URL=str(local_cloud.moto_endpoint), SPARKFAB_BUCKET=bucket,
+        # moto's plain-http endpoint is accepted for the local cloud only, as users get it.
+        SPARKFAB_LOCAL_CLOUD=str(local_cloud.workdir),
         SPARKFAB_REGION=LOCAL_REGION, SPARKFAB_INVENTORY_DIR=str(tmp_path / "inventory"),
         AWS_ACCESS_KEY_ID=MOTO_CREDENTIALS["aws_access_key_id"],
         AWS_SECRET_ACCESS_KEY=MOTO_CREDENTIALS["aws_secret_access_key"],

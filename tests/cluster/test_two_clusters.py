@@ -212,25 +212,20 @@ def test_teardown_of_a_leaves_b_untouched_and_running(clusters: Cloud) -> None:
     assert _alive(cloud.master_json("b")) == sorted(n.private_ip for n in b.workers)
 
 
-def _submit_app(cloud: Cloud, inv: inventory.Inventory) -> subprocess.Popen[str]:
-    path = "/opt/sparkfab/drain-check.py"
-    put = cloud.ssh("b", inv.master.private_ip,
-                    f"umask 022 && cat > {path} <<'EOF'\n{APP}EOF")
-    assert put.returncode == 0, put.stderr
-    inv_kh = inventory.known_hosts_path("b", cloud.inv_dir)
-    return subprocess.Popen(
-        ["ssh", "-i", inv.private_key_path, "-F", "/dev/null", "-o", "BatchMode=yes",
-         "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
-         "-o", "GlobalKnownHostsFile=/dev/null", "-o", f"UserKnownHostsFile={inv_kh}",
-         f"{inv.ssh_user}@{inv.master.private_ip}", spark.submit_command(path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _submit_app(cloud: Cloud, cluster: str) -> subprocess.Popen[str]:
+    """The application, submitted as a user submits one: `fab submit` from this machine."""
+    app = cloud.inv_dir / "drain_check.py"
+    app.write_text(APP)
+    return subprocess.Popen([str(FAB), "submit", str(app), "--cluster", cluster], cwd=REPO,
+                            env=cloud.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def test_shrink_drains_and_removes_a_worker_while_an_application_runs(clusters: Cloud) -> None:
     cloud = clusters
     before = cloud.inventory("b")
     worker_2 = next(n for n in before.nodes if n.name == "worker-2")
-    app = _submit_app(cloud, before)
+    app = _submit_app(cloud, "b")
     try:
         def running_on_both() -> bool:
             workers = cloud.master_json("b").get("workers", [])

@@ -3,11 +3,14 @@ operator's machine (moto S3), Spark's output turned into progress, and the summa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import shlex
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -88,7 +91,7 @@ def test_the_driver_runs_as_the_service_user_in_its_own_session(user: str, prefi
 
 
 @pytest.mark.parametrize(("pid", "signalled"), [
-    ("4242", "-TERM -- -4242"), ("4242\n", "-TERM -- -4242"),
+    ("4242", "-TERM -4242"), ("4242\n", "-TERM -4242"),
     ("1", None), ("0", None), ("-1", None), ("00", None), ("017", None), ("", None),
     ("12 34", None), ("1;reboot", None), ("$(touch pwned)", None), ("4242abc", None),
 ])
@@ -99,17 +102,53 @@ def test_stop_signals_only_a_plain_driver_pid(pid: str, signalled: str | None,
     run = tmp_path / "run"
     run.mkdir()
     (run / "driver.pid").write_text(pid)
-    command = shlex.split(submit.stop_command(inventory("root"), str(run)))
-    inner, args = command[command.index("-c") + 1], command[command.index("-c") + 2:]
-    args = args[:args.index("2>/dev/null")] if "2>/dev/null" in args else args
+    inner, args = _stop_script(submit.stop_command(inventory("root"), str(run)))
+    # `kill -0` fails in the shim: the group is gone after the TERM.
     probe = subprocess.run(
-        ["sh", "-c", f'kill() {{ echo "$*" >>"{tmp_path}/kills"; }}\n{inner}', *args],
-        capture_output=True, text=True, cwd=tmp_path, timeout=30)
+        ["sh", "-c", f'kill() {{ echo "$*" >>"{tmp_path}/kills"; [ "$1" != -0 ]; }}\n{inner}',
+         *args], capture_output=True, text=True, cwd=tmp_path, timeout=30)
     assert probe.returncode == 0, probe.stderr
     kills = (tmp_path / "kills").read_text().splitlines() if (tmp_path / "kills").exists() \
         else []
-    assert kills == ([signalled] if signalled else [])
+    assert kills == ([signalled, f"-0 {signalled.split()[1]}"] if signalled else [])
     assert not (tmp_path / "pwned").exists()
+
+
+def _stop_script(command: str) -> tuple[str, list[str]]:
+    """The stop command's script and its arguments, without the service-user prefix."""
+    words = shlex.split(command)
+    inner, args = words[words.index("-c") + 1], words[words.index("-c") + 2:]
+    return inner, args[:args.index("2>/dev/null")] if "2>/dev/null" in args else args
+
+
+@pytest.mark.parametrize("ignores_term", [False, True])
+def test_stop_ends_a_real_driver_group_under_sh(ignores_term: bool, tmp_path: Path) -> None:
+    """Under the node's /bin/sh (dash on Debian): the driver and its children end, by TERM,
+    or by KILL after the grace when TERM is ignored."""
+    run = tmp_path / "run"
+    run.mkdir()
+    trap = "trap '' TERM; " if ignores_term else ""
+    driver = subprocess.Popen(["sh", "-c", f"{trap}sleep 60 & {trap}sleep 60; wait"],
+                              start_new_session=True)
+    try:
+        (run / "driver.pid").write_text(f"{driver.pid}\n")
+        inner, args = _stop_script(submit.stop_command(inventory("root"), str(run)))
+        args[2] = "2"  # the grace, shortened (args[0] is $0)
+        started = time.monotonic()
+        subprocess.run(["/bin/sh", "-c", inner, *args], check=True, timeout=30)
+        assert driver.wait(timeout=10) == (-9 if ignores_term else -15)
+        assert time.monotonic() - started < 10
+        for _ in range(50):  # the orphaned child is reaped by init, not by us
+            if subprocess.run(["sh", "-c", f"kill -0 -{driver.pid}"],
+                              capture_output=True).returncode != 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("a child of the driver outlived the stop")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, 9)
+        driver.wait()
 
 
 def test_the_run_folder_and_the_upload_avoid_shared_tmp() -> None:
@@ -130,6 +169,13 @@ def test_the_run_folder_and_the_upload_avoid_shared_tmp() -> None:
 def test_run_job_sets_input_and_output_itself() -> None:
     with pytest.raises(UserError, match="--output is set by run-job"):
         submit.check_job_args(["--k", "3", "--output=s3a://x/y"])
+
+
+@pytest.mark.parametrize("fixed", [["--k", "3"], ["--variance=0.9"]])
+def test_pca_from_with_its_own_k_fails_before_any_ssh(fixed: list[str]) -> None:
+    with pytest.raises(UserError, match="--pca-from takes k from the earlier run"):
+        submit.check_job_args(["--pca-from", "s3a://b/runs/r1", *fixed])
+    assert submit.check_job_args(["--pca-from", "s3a://b/runs/r1"])
 
 
 def test_the_job_package_holds_the_modules_flat_and_is_reproducible(tmp_path: Path) -> None:
