@@ -148,6 +148,8 @@ def test_shuffle_and_spill_files_are_encrypted() -> None:
         conf = _defaults_conf(local)
         assert conf["spark.io.encryption.enabled"] == "true"
         assert conf["spark.network.crypto.enabled"] == "true"
+        # Authenticated encryption: CTR, the default, lets the network alter RPC messages.
+        assert conf["spark.network.crypto.cipher"] == "AES/GCM/NoPadding"
 
 
 def test_only_the_service_user_can_read_the_secret() -> None:
