@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import shlex
 import socket
 import threading
 import time
@@ -340,8 +341,12 @@ class Remote:
         if self.printer is not None:
             self.printer(f"[{node.name}] {line}")
 
-    def sudo_prefix(self) -> str:
-        return "" if self.inv.ssh_user == "root" else "sudo -n "
+    def as_root(self, command: str) -> str:
+        """`command` as root: whole, in bash (root's login shell runs it so) under sudo, as
+        `sudo -n CMD` would run only the first word of `if ...; fi` or `a && b`."""
+        if self.inv.ssh_user == "root":
+            return command
+        return f"sudo -n bash -c {shlex.quote(command)}"
 
     def run(
         self,
@@ -360,7 +365,7 @@ class Remote:
         try:
             conn = self.connection(node)
             res = conn.run(
-                (self.sudo_prefix() if sudo else "") + command,
+                self.as_root(command) if sudo else command,
                 hide=False,
                 warn=True,
                 out_stream=stream,

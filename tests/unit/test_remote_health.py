@@ -203,3 +203,28 @@ def test_worker_sizing_keeps_a_reserve_and_obeys_overrides() -> None:
     assert worker_resources(facts, override) == WorkerResources(1, 1024)
     with pytest.raises(UserError, match="only"):
         worker_resources(NodeFacts(1, 1200, False))
+
+
+@pytest.mark.parametrize("user", ["admin", "root"])
+def test_a_compound_command_runs_whole_as_root(user: str, tmp_path: Path) -> None:
+    """The shrink's drain commands are `if ...; fi`: under `sudo -n CMD` they were a syntax
+    error for every login user but root (seen on the booted Debian nodes)."""
+    from sparkfab import shrink
+
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    # sudo as the node's would run it, less the privilege: `sudo -n ARGV` execs ARGV.
+    (shim / "sudo").write_text('#!/bin/sh\n[ "$1" = -n ] || exit 9\nshift\nexec "$@"\n')
+    (shim / "sudo").chmod(0o755)
+    inv = _inv(tmp_path)
+    inv.ssh_user = user
+    remote = r.Remote(inv, known_hosts=tmp_path / "known_hosts")
+    env = {"PATH": f"{shim}:/usr/bin:/bin"}
+    for command, expected in [
+        ("if [ 1 = 1 ]; then echo yes; fi && echo 'both sides'", "yes\nboth sides\n"),
+        (shrink.worker_state_command(inv.workers[0]), "no-worker\n"),
+        (shrink.decommission_command(), "no-decommission\n"),
+    ]:
+        ran = subprocess.run(["bash", "-c", remote.as_root(command)], capture_output=True,
+                             text=True, env=env, timeout=30)
+        assert (ran.returncode, ran.stdout) == (0, expected), ran.stderr
