@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
@@ -220,6 +221,35 @@ def resolve_weights(spark: Any, spec: str, input_size: int) -> tuple[list[Any], 
     return weights, featurize.file_sha256(path) if featurize.is_weights_file(path) else None
 
 
+def in_background(fn: Any, *args: Any) -> Future[Any]:
+    """fn(*args) on a daemon thread: a run that fails early does not wait for it."""
+    future: Future[Any] = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # re-raised by future.result() in the main thread
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name=getattr(fn, "__name__", "background"),
+                     daemon=True).start()
+    return future
+
+
+def is_remote(spec: str) -> bool:
+    return "://" in spec and not spec.startswith("file:")
+
+
+def prepare_model(spark: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Weights loaded, their digest, the features' fingerprint and the engine's broadcast
+    value (the ONNX conversion, or its cached copy): all the driver's model work."""
+    weights, sha256 = resolve_weights(spark, args.weights, args.input_size)
+    fp_name, fp_description = store.fingerprint(weights, args.input_size, args.engine)
+    prepared = engines.prepare(args.engine, weights, args.input_size)
+    return {"sha256": sha256, "fp_name": fp_name, "fp_description": fp_description,
+            "prepared": prepared}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -236,9 +266,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.perf_counter()
     timer = Timer()
-    # Import TensorFlow (seconds of Python) while the JVM starts the SparkContext: the
-    # driver needs it next, to load the weights.
-    threading.Thread(target=featurize.import_keras, name="import-keras", daemon=True).start()
+    # The driver's model work (TensorFlow's import, the weights, the ONNX conversion: seconds
+    # of Python) runs while the JVM starts the SparkContext. Weights in S3 need Spark's
+    # filesystem first: for them only the import goes ahead.
+    model = None if is_remote(args.weights) else in_background(prepare_model, None, args)
+    if model is None:
+        in_background(featurize.import_keras)
     with timer.stage("spark_session"):
         spark = SparkSession.builder.appName(f"featurize_pca {args.run_id}").getOrCreate()
     sc = spark.sparkContext
@@ -255,7 +288,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     temp = outputs.temp_location(args.output, args.run_id)
     committed = kept = False
     try:
-        manifest = _run(spark, args, timer, temp)
+        manifest = _run(spark, args, timer, temp, model)
         with timer.stage("commit"):
             try:
                 outputs.commit(spark, temp, args.output)
@@ -290,7 +323,8 @@ def _pca_basis(spark: Any, source: str, fingerprint: str) -> tuple[Any, dict[str
     return basis, {"source": "pca_from", "run": source, "run_id": their.get("run_id")}
 
 
-def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[str, Any]:
+def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
+         model_ahead: Future[dict[str, Any]] | None) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     sc = spark.sparkContext
@@ -320,12 +354,12 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str) -> dict[
                        str(args.images_per_partition * (avg_bytes + FILE_OPEN_COST_BYTES)))
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size * 4))
 
-    with timer.stage("load_weights"):
-        weights, weights_sha256 = resolve_weights(spark, args.weights, args.input_size)
-        fp_name, fp_description = store.fingerprint(weights, args.input_size, args.engine)
-        prepared = engines.prepare(args.engine, weights, args.input_size)
+    with timer.stage("load_weights"):  # only what the session's start did not hide
+        model = (model_ahead.result() if model_ahead is not None
+                 else prepare_model(spark, args))
+        weights_sha256, fp_name = model["sha256"], model["fp_name"]
+        fp_description, prepared = model["fp_description"], model["prepared"]
         bc_model = sc.broadcast(prepared.payload)
-    del weights
     features = store.FeatureStore(spark, args.features, fp_name, fp_description)
     basis = None
     if args.pca_from:
