@@ -179,19 +179,38 @@ def _chunks(batches: Iterator[pd.Series], size: int) -> Iterator[list[bytes | No
             yield values[start:start + size]
 
 
+def new_broadcast_id() -> str:
+    """Identifies a broadcast in the per-worker cache (executors cannot ask it its id)."""
+    return secrets.token_hex(8)
+
+
+def make_warm_up_udf(bc_model: Any, bc_id: str, engine: str, input_size: int, threads: int,
+                     builds: Any = None) -> Any:
+    """A pandas UDF that builds the model of this broadcast in its Python worker now, as
+    make_udf's UDF would on its first batch (and then finds it built)."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("long")  # type: ignore[call-overload]
+    def warm_up(ids: pd.Series) -> pd.Series:
+        _infer_fn(bc_model, bc_id, engine, input_size, threads, builds)
+        return ids
+
+    return warm_up
+
+
 def make_udf(
     bc_model: Any, input_size: int, batch_size: int, tf_threads: int, builds: Any = None,
-    engine: str = engines.DEFAULT_ENGINE,
+    engine: str = engines.DEFAULT_ENGINE, bc_id: str | None = None,
 ) -> Any:
     """The iterator pandas UDF: image bytes -> struct(features, error).
 
     `bc_model` broadcasts `engines.prepare(engine, ...).payload`; `tf_threads` is the
-    engine's intra-op threads per Python worker (TensorFlow's or ONNX Runtime's).
+    engine's intra-op threads per Python worker (TensorFlow's or ONNX Runtime's); `bc_id`
+    names the broadcast in the workers' model cache (warm_up's, when it ran first).
     """
     from pyspark.sql.functions import pandas_udf
 
-    # Identifies this broadcast in the per-worker cache (executors cannot ask it its id).
-    bc_id = secrets.token_hex(8)
+    bc_id = bc_id or new_broadcast_id()
 
     @pandas_udf(RESULT_SCHEMA)  # type: ignore[call-overload]
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:

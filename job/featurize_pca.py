@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 # The sibling modules are imported as top-level names: spark-submit puts this file's
@@ -236,6 +236,27 @@ def in_background(fn: Any, *args: Any) -> Future[Any]:
     return future
 
 
+def _warm_workers(sc: Any, bc_model: Any, bc_id: str, args: argparse.Namespace,
+                  builds: Any) -> None:
+    """One task per core that starts a Python worker and builds the model in it: Spark
+    reuses those workers for the featurize job. A pandas UDF, as featurize's: an RDD's
+    Python workers are another pool (other environment), which the job would not reuse."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.getOrCreate()
+    udf = featurize.make_warm_up_udf(bc_model, bc_id, args.engine, args.input_size,
+                                     args.tf_threads, builds)
+    n = sc.defaultParallelism
+    spark.range(0, n, 1, n).select(udf("id")).collect()
+
+
+def _wait_quietly(future: Future[Any]) -> None:
+    """A warm-up that failed is only time lost: the featurize job meets the same error
+    and reports it."""
+    with suppress(Exception):
+        future.result()
+
+
 def is_remote(spec: str) -> bool:
     return "://" in spec and not spec.startswith("file:")
 
@@ -287,8 +308,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     outputs.check_output_free(spark, args.output)
     temp = outputs.temp_location(args.output, args.run_id)
     committed = kept = False
+    background: list[Future[Any]] = []  # Spark jobs on other threads, waited for at the end
     try:
-        manifest = _run(spark, args, timer, temp, model)
+        manifest = _run(spark, args, timer, temp, model, background)
         with timer.stage("commit"):
             try:
                 outputs.commit(spark, temp, args.output)
@@ -303,6 +325,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         final.write_bytes(outputs.MARKER, b"")  # last: the run is complete
         return manifest
     finally:
+        for future in background:
+            _wait_quietly(future)
         if not committed and not kept:
             outputs.Store(spark, temp).delete()
 
@@ -324,10 +348,22 @@ def _pca_basis(spark: Any, source: str, fingerprint: str) -> tuple[Any, dict[str
 
 
 def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
-         model_ahead: Future[dict[str, Any]] | None) -> dict[str, Any]:
+         model_ahead: Future[dict[str, Any]] | None,
+         background: list[Future[Any]]) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     sc = spark.sparkContext
+    with timer.stage("load_weights"):  # only what the session's start did not hide
+        model = (model_ahead.result() if model_ahead is not None
+                 else prepare_model(spark, args))
+        weights_sha256, fp_name = model["sha256"], model["fp_name"]
+        fp_description, prepared = model["fp_description"], model["prepared"]
+        bc_model = sc.broadcast(prepared.payload)
+    builds = sc.accumulator(set(), featurize.SetAccumulator())
+    bc_id = featurize.new_broadcast_id()
+    # The Python workers start and build the model while the driver lists the input.
+    warm = in_background(_warm_workers, sc, bc_model, bc_id, args, builds)
+    background.append(warm)
     with timer.stage("list"):
         files = (
             spark.read.format("binaryFile")
@@ -354,20 +390,13 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
                        str(args.images_per_partition * (avg_bytes + FILE_OPEN_COST_BYTES)))
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size * 4))
 
-    with timer.stage("load_weights"):  # only what the session's start did not hide
-        model = (model_ahead.result() if model_ahead is not None
-                 else prepare_model(spark, args))
-        weights_sha256, fp_name = model["sha256"], model["fp_name"]
-        fp_description, prepared = model["fp_description"], model["prepared"]
-        bc_model = sc.broadcast(prepared.payload)
     features = store.FeatureStore(spark, args.features, fp_name, fp_description)
     basis = None
     if args.pca_from:
         basis, basis_info = _pca_basis(spark, args.pca_from, fp_name)
 
-    builds = sc.accumulator(set(), featurize.SetAccumulator())
     udf = featurize.make_udf(bc_model, args.input_size, args.batch_size, args.tf_threads,
-                             builds, engine=args.engine)
+                             builds, engine=args.engine, bc_id=bc_id)
     store_timer = Timer()
     partitions = 0
     batch = None
@@ -381,6 +410,7 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
             # path -> the batch its row is taken from (latest batch wins, see store.py)
             chosen = {f.path: known[f.key].batch for f in inputs if f.key in known}
             ok_flags = {f.path: known[f.key].ok for f in inputs if f.key in known}
+            _wait_quietly(warm)  # its tasks would hold the cores the job's tasks want
             if todo:
                 batch = store.new_batch_id()
                 source = (files if len(todo) == n_images - len(empty)
@@ -393,14 +423,13 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
                     F.unix_millis("modificationTime").alias("mtime_ms"),
                     udf("content").alias("r"),
                 ).select("path", "size", "mtime_ms", "r.features", "r.error")
-                with store_timer.stage("featurize_and_write"):
-                    features.append(rows, batch, {"run_id": args.run_id, "images": len(todo)})
-                seconds = store_timer.stages["featurize_and_write"]
+                with store_timer.stage("featurize_write_commit"):
+                    added = features.append(rows, batch,
+                                            {"run_id": args.run_id, "images": len(todo)})
+                seconds = store_timer.stages["featurize_write_commit"]
                 print(f"[featurize_pca] featurize: {len(todo)} images in {seconds:.1f} s, "
                       f"{len(todo) / max(seconds, 1e-3):.1f} img/s ({args.engine})",
                       file=sys.stderr, flush=True)
-                with store_timer.stage("read_batch_keys"):
-                    added = features.keys([batch])
                 for (path, _, _), stored in added.items():
                     chosen[path] = batch
                     ok_flags[path] = stored.ok

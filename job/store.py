@@ -7,6 +7,7 @@ the same:
     <root>/fingerprint=<engine>-<digest>/       one model setup (see fingerprint())
         _fingerprint.json                       what the digest was made of, for people
         batch=<batch id>/part-*.parquet         the images one run featurized
+        _keys/<batch id>.parquet                its keys (path, size, mtime_ms, ok)
         _commits/<batch id>                     written once its batch is complete
         _tmp-batch=<batch id>/                  a batch being written (hidden from readers)
 
@@ -17,10 +18,13 @@ are kept too, so they are not decoded again until they change.
 Commit protocol: a run writes its batch into ``_tmp-batch=<id>`` (Spark and pyarrow skip
 names starting with ``_``), renames it to ``batch=<id>`` and then writes
 ``_commits/<id>``. The job reads only batches named in ``_commits/``: a batch is complete
-or invisible, even on S3 where a rename is a copy. Batch ids are unique per run, so two
-runs appending at once never touch each other's files. Two batches may hold the same key
-(two runs featurized the same new image at once, or ``--refeaturize``): the row of the
-greatest batch id wins; batch ids sort by creation time.
+or invisible, even on S3 where a rename is a copy. Before the commit, the batch's keys
+are read back from it and kept in one small file: a later run learns what the store holds
+from those files, without a Spark job (a batch committed without one is read instead).
+Batch ids are unique per run, so two runs appending at once never touch each other's
+files. Two batches may hold the same key (two runs featurized the same new image at once,
+or ``--refeaturize``): the row of the greatest batch id wins; batch ids sort by creation
+time.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import outputs
 
 FORMAT_VERSION = 1  # of the rows and layout below; part of every fingerprint
 COMMITS = "_commits"
+KEYS = "_keys"
 FINGERPRINT_FILE = "_fingerprint.json"
 BATCH_PREFIX = "batch="
 TMP_PREFIX = "_tmp-batch="
@@ -210,24 +215,40 @@ class FeatureStore:
                 .withColumn("batch", F.regexp_extract("_metadata.file_path", _BATCH_IN_PATH, 1)))
 
     def keys(self, batches: list[str] | None = None) -> dict[Key, Stored]:
-        """Every key in the committed batches (or in `batches`), with the batch that wins."""
-        from pyspark.sql import functions as F
-
+        """Every key in the committed batches (or in `batches`), with the batch that wins:
+        from the batches' key files, and from the batches themselves where one has none."""
         batches = self.committed() if batches is None else batches
-        if not batches:
-            return {}
-        rows = (self._read(batches)
-                .select("path", "size", "mtime_ms", "batch", F.col("error").isNull().alias("ok"))
-                .collect())
+        rows: list[tuple[str, int, int, str, bool]] = []
+        unlisted = []
+        for batch in batches:
+            name = posixpath.join(KEYS, f"{batch}.parquet")
+            if self.files.exists(name):
+                rows += [(*k, batch, ok) for *k, ok in _keys_from_parquet(
+                    self.files.read_bytes(name))]
+            else:
+                unlisted.append(batch)
+        rows += self._read_keys(unlisted)
         found: dict[Key, Stored] = {}
-        for r in rows:
-            key = (r["path"], int(r["size"]), int(r["mtime_ms"]))
-            if key not in found or r["batch"] > found[key].batch:
-                found[key] = Stored(r["batch"], bool(r["ok"]))
+        for path, size, mtime_ms, batch, ok in rows:
+            key = (path, size, mtime_ms)
+            if key not in found or batch > found[key].batch:
+                found[key] = Stored(batch, ok)
         return found
 
-    def append(self, rows: Any, batch: str, info: dict[str, Any]) -> None:
-        """Write `rows` (a DataFrame in SCHEMA's columns) as batch `batch`, then commit it."""
+    def _read_keys(self, batches: list[str]) -> list[tuple[str, int, int, str, bool]]:
+        """The keys of `batches`, read from their Parquet files (a Spark job)."""
+        from pyspark.sql import functions as F
+
+        if not batches:
+            return []
+        return [(r["path"], int(r["size"]), int(r["mtime_ms"]), r["batch"], bool(r["ok"]))
+                for r in self._read(batches).select(
+                    "path", "size", "mtime_ms", "batch", F.col("error").isNull().alias("ok"))
+                .collect()]
+
+    def append(self, rows: Any, batch: str, info: dict[str, Any]) -> dict[Key, Stored]:
+        """Write `rows` (a DataFrame in SCHEMA's columns) as batch `batch`, then commit it;
+        returns the batch's keys."""
         tmp = self.files.uri(TMP_PREFIX + batch)
         final = self.files.uri(BATCH_PREFIX + batch)
         if not self.files.exists(FINGERPRINT_FILE):
@@ -238,8 +259,12 @@ class FeatureStore:
         except BaseException:
             self.files.delete(TMP_PREFIX + batch)
             raise
+        keys = self._read_keys([batch])
+        self.files.write_bytes(posixpath.join(KEYS, f"{batch}.parquet"),
+                               _keys_to_parquet([(p, s, m, ok) for p, s, m, _, ok in keys]))
         # Last: from here on the batch exists for every reader.
         self.files.write_json(posixpath.join(COMMITS, batch), {"batch": batch, **info})
+        return {(p, s, m): Stored(b, ok) for p, s, m, b, ok in keys}
 
     def read(self, chosen: dict[str, str]) -> Any:
         """DataFrame (path, size, mtime_ms, features, error) of the rows `chosen` names:
@@ -257,3 +282,26 @@ class FeatureStore:
         summary = self.files.fs.getContentSummary(self.files._path(self.files.base))
         return {"images": len(keys), "batches": len(self.committed()),
                 "bytes": int(summary.getLength())}
+
+
+def _keys_to_parquet(keys: list[tuple[str, int, int, bool]]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = list(zip(*keys, strict=True)) if keys else [[], [], [], []]
+    table = pa.table(columns, schema=pa.schema([
+        ("path", pa.string()), ("size", pa.int64()), ("mtime_ms", pa.int64()),
+        ("ok", pa.bool_())]))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _keys_from_parquet(data: bytes) -> list[tuple[str, int, int, bool]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(pa.BufferReader(data))
+    return list(zip(table.column("path").to_pylist(), table.column("size").to_pylist(),
+                    table.column("mtime_ms").to_pylist(), table.column("ok").to_pylist(),
+                    strict=True))

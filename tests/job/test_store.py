@@ -133,6 +133,30 @@ def test_two_writers_at_once_and_a_crashed_one_leave_a_consistent_store(
     assert set(table["batch"].astype(str)) == {"b0", "b1", "b2", "b3", "b8"}
 
 
+def test_keys_come_from_the_key_files_as_from_the_batches(spark, tmp_path: Path) -> None:
+    """A run learns the store's keys from one small file per batch, without a Spark job;
+    they are the keys the batch itself holds, and a batch committed without such a file
+    (an older store) is read from its Parquet instead."""
+    fs = store.FeatureStore(spark, str(tmp_path / "features"), "onnx-test", {"x": 1})
+    added = fs.append(_rows(spark, ["p0", "p1", "p2"], 1.0, error_at=2), "b0", {})
+    fs.append(_rows(spark, ["p2", "p3"], 2.0), "b1", {})
+    key_files = tmp_path / "features" / "fingerprint=onnx-test" / store.KEYS
+    assert sorted(p.name for p in key_files.iterdir()) == ["b0.parquet", "b1.parquet"]
+    expected = {("p0", 10, 1000): store.Stored("b0", True),
+                ("p1", 10, 1001): store.Stored("b0", True),
+                ("p2", 10, 1002): store.Stored("b0", False),
+                ("p2", 10, 1000): store.Stored("b1", True),
+                ("p3", 10, 1001): store.Stored("b1", True)}
+    from_files = fs.keys()
+    assert from_files == expected
+    assert added == {k: v for k, v in expected.items() if v.batch == "b0"}
+    # The same, read from the batches themselves.
+    assert {(p, s, m): store.Stored(b, ok) for p, s, m, b, ok in
+            fs._read_keys(fs.committed())} == expected
+    (key_files / "b0.parquet").unlink()
+    assert fs.keys() == expected
+
+
 def test_the_fingerprint_follows_weights_size_and_engine_only() -> None:
     weights = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32)]
     name, description = store.fingerprint(weights, 224, "tensorflow")
