@@ -283,6 +283,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    # Work on other threads (the model's preparation, the workers' warm-up) is waited for
+    # on every way out: a process ending under TensorFlow's or Spark's feet can abort.
+    background: list[Future[Any]] = []
+    try:
+        return _run_job(args, background)
+    finally:
+        for future in background:
+            _wait_quietly(future)
+
+
+def _run_job(args: argparse.Namespace, background: list[Future[Any]]) -> dict[str, Any]:
     from pyspark.sql import SparkSession
 
     started = time.perf_counter()
@@ -291,8 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # of Python) runs while the JVM starts the SparkContext. Weights in S3 need Spark's
     # filesystem first: for them only the import goes ahead.
     model = None if is_remote(args.weights) else in_background(prepare_model, None, args)
-    if model is None:
-        in_background(featurize.import_keras)
+    background.append(model or in_background(featurize.import_keras))
     with timer.stage("spark_session"):
         spark = SparkSession.builder.appName(f"featurize_pca {args.run_id}").getOrCreate()
     sc = spark.sparkContext
@@ -308,7 +318,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     outputs.check_output_free(spark, args.output)
     temp = outputs.temp_location(args.output, args.run_id)
     committed = kept = False
-    background: list[Future[Any]] = []  # Spark jobs on other threads, waited for at the end
     try:
         manifest = _run(spark, args, timer, temp, model, background)
         with timer.stage("commit"):
@@ -325,8 +334,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         final.write_bytes(outputs.MARKER, b"")  # last: the run is complete
         return manifest
     finally:
-        for future in background:
-            _wait_quietly(future)
         if not committed and not kept:
             outputs.Store(spark, temp).delete()
 
