@@ -417,7 +417,8 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
             # path -> the batch its row is taken from (latest batch wins, see store.py)
             chosen = {f.path: known[f.key].batch for f in inputs if f.key in known}
             ok_flags = {f.path: known[f.key].ok for f in inputs if f.key in known}
-            _wait_quietly(warm)  # its tasks would hold the cores the job's tasks want
+            with store_timer.stage("workers_ready"):  # the warm-up's tasks hold the cores
+                _wait_quietly(warm)
             if todo:
                 batch = store.new_batch_id()
                 source = (files if len(todo) == n_images - len(empty)
