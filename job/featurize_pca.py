@@ -222,7 +222,8 @@ def resolve_weights(spark: Any, spec: str, input_size: int) -> tuple[list[Any], 
 
 
 def in_background(fn: Any, *args: Any) -> Future[Any]:
-    """fn(*args) on a daemon thread: a run that fails early does not wait for it."""
+    """fn(*args) on a thread, its result or exception in the future returned. run() waits
+    for each one on its way out; daemon, so an interrupted interpreter is not held."""
     future: Future[Any] = Future()
 
     def work() -> None:
@@ -236,17 +237,14 @@ def in_background(fn: Any, *args: Any) -> Future[Any]:
     return future
 
 
-def _warm_workers(sc: Any, bc_model: Any, bc_id: str, args: argparse.Namespace,
+def _warm_workers(spark: Any, bc_model: Any, bc_id: str, args: argparse.Namespace,
                   builds: Any) -> None:
     """One task per core that starts a Python worker and builds the model in it: Spark
     reuses those workers for the featurize job. A pandas UDF, as featurize's: an RDD's
     Python workers are another pool (other environment), which the job would not reuse."""
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.getOrCreate()
     udf = featurize.make_warm_up_udf(bc_model, bc_id, args.engine, args.input_size,
                                      args.tf_threads, builds)
-    n = sc.defaultParallelism
+    n = spark.sparkContext.defaultParallelism
     spark.range(0, n, 1, n).select(udf("id")).collect()
 
 
@@ -369,7 +367,7 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
     builds = sc.accumulator(set(), featurize.SetAccumulator())
     bc_id = featurize.new_broadcast_id()
     # The Python workers start and build the model while the driver lists the input.
-    warm = in_background(_warm_workers, sc, bc_model, bc_id, args, builds)
+    warm = in_background(_warm_workers, spark, bc_model, bc_id, args, builds)
     background.append(warm)
     with timer.stage("list"):
         files = (

@@ -218,13 +218,14 @@ class FeatureStore:
         """Every key in the committed batches (or in `batches`), with the batch that wins:
         from the batches' key files, and from the batches themselves where one has none."""
         batches = self.committed() if batches is None else batches
+        # One listing, not a lookup per batch (each one a request on S3).
+        key_files = set(self.files.list_names(KEYS)) if self.files.exists(KEYS) else set()
         rows: list[tuple[str, int, int, str, bool]] = []
         unlisted = []
         for batch in batches:
-            name = posixpath.join(KEYS, f"{batch}.parquet")
-            if self.files.exists(name):
+            if f"{batch}.parquet" in key_files:
                 rows += [(*k, batch, ok) for *k, ok in _keys_from_parquet(
-                    self.files.read_bytes(name))]
+                    self.files.read_bytes(posixpath.join(KEYS, f"{batch}.parquet")))]
             else:
                 unlisted.append(batch)
         rows += self._read_keys(unlisted)
