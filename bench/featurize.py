@@ -89,7 +89,7 @@ def job(folder: Path, size: int, batch: int, cores: int, weights_file: Path,
 
 
 # The job's stages around featurize: its fixed cost, printed one by one.
-FIXED_STAGES = ("list", "load_weights", "pca", "write", "plots", "commit")
+FIXED_STAGES = ("list", "load_weights", "workers_ready", "pca", "write", "plots", "commit")
 
 
 def fixed_costs(b: dict) -> str:

@@ -163,6 +163,17 @@ def _save(path: Path, data: bytes) -> None:
         pass
 
 
+def import_runtime(engine: str) -> None:
+    """Executor: import what build() will need (seconds in a fresh Python worker)."""
+    if engine == ONNX:
+        import onnxruntime  # noqa: F401
+    elif engine == TENSORFLOW:
+        quiet_tensorflow()
+        import tensorflow  # noqa: F401
+    else:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+
+
 def build(engine: str, payload: Any, input_size: int, threads: int) -> Infer:
     """Executor: one model from the broadcast value, as a numpy -> numpy callable."""
     if engine == ONNX:

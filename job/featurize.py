@@ -184,15 +184,16 @@ def new_broadcast_id() -> str:
     return secrets.token_hex(8)
 
 
-def make_warm_up_udf(bc_model: Any, bc_id: str, engine: str, input_size: int, threads: int,
-                     builds: Any = None) -> Any:
-    """A pandas UDF that builds the model of this broadcast in its Python worker now, as
-    make_udf's UDF would on its first batch (and then finds it built)."""
+def make_warm_up_udf(engine: str) -> Any:
+    """A pandas UDF that starts a Python worker ready for make_udf's UDF: the job's
+    modules, pandas, Arrow, Pillow and the engine's runtime imported. It needs no model,
+    so it runs while the driver still prepares one; the model is built from the
+    broadcast by the first featurize batch (an ONNX session: ~0.1 s)."""
     from pyspark.sql.functions import pandas_udf
 
     @pandas_udf("long")  # type: ignore[call-overload]
     def warm_up(ids: pd.Series) -> pd.Series:
-        _infer_fn(bc_model, bc_id, engine, input_size, threads, builds)
+        engines.import_runtime(engine)
         return ids
 
     return warm_up
@@ -206,7 +207,7 @@ def make_udf(
 
     `bc_model` broadcasts `engines.prepare(engine, ...).payload`; `tf_threads` is the
     engine's intra-op threads per Python worker (TensorFlow's or ONNX Runtime's); `bc_id`
-    names the broadcast in the workers' model cache (warm_up's, when it ran first).
+    names the broadcast in the workers' model cache.
     """
     from pyspark.sql.functions import pandas_udf
 

@@ -237,13 +237,12 @@ def in_background(fn: Any, *args: Any) -> Future[Any]:
     return future
 
 
-def _warm_workers(spark: Any, bc_model: Any, bc_id: str, args: argparse.Namespace,
-                  builds: Any) -> None:
-    """One task per core that starts a Python worker and builds the model in it: Spark
+def _warm_workers(spark: Any, engine: str) -> None:
+    """One task per core that starts a Python worker and imports the engine in it: Spark
     reuses those workers for the featurize job. A pandas UDF, as featurize's: an RDD's
-    Python workers are another pool (other environment), which the job would not reuse."""
-    udf = featurize.make_warm_up_udf(bc_model, bc_id, args.engine, args.input_size,
-                                     args.tf_threads, builds)
+    Python workers are another pool (other environment), which the job would not reuse.
+    Also the session's first job: the JVM's first-use costs are paid here too."""
+    udf = featurize.make_warm_up_udf(engine)
     n = spark.sparkContext.defaultParallelism
     spark.range(0, n, 1, n).select(udf("id")).collect()
 
@@ -315,9 +314,12 @@ def _run_job(args: argparse.Namespace, background: list[Future[Any]]) -> dict[st
         raise JobError(f"input path does not exist: {args.input}")
     outputs.check_output_free(spark, args.output)
     temp = outputs.temp_location(args.output, args.run_id)
+    # The Python workers start while the driver prepares the model and lists the input.
+    warm = in_background(_warm_workers, spark, args.engine)
+    background.append(warm)
     committed = kept = False
     try:
-        manifest = _run(spark, args, timer, temp, model, background)
+        manifest = _run(spark, args, timer, temp, model, warm)
         with timer.stage("commit"):
             try:
                 outputs.commit(spark, temp, args.output)
@@ -354,7 +356,7 @@ def _pca_basis(spark: Any, source: str, fingerprint: str) -> tuple[Any, dict[str
 
 def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
          model_ahead: Future[dict[str, Any]] | None,
-         background: list[Future[Any]]) -> dict[str, Any]:
+         warm: Future[Any]) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     sc = spark.sparkContext
@@ -365,10 +367,6 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
         fp_description, prepared = model["fp_description"], model["prepared"]
         bc_model = sc.broadcast(prepared.payload)
     builds = sc.accumulator(set(), featurize.SetAccumulator())
-    bc_id = featurize.new_broadcast_id()
-    # The Python workers start and build the model while the driver lists the input.
-    warm = in_background(_warm_workers, spark, bc_model, bc_id, args, builds)
-    background.append(warm)
     with timer.stage("list"):
         files = (
             spark.read.format("binaryFile")
@@ -401,12 +399,16 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
         basis, basis_info = _pca_basis(spark, args.pca_from, fp_name)
 
     udf = featurize.make_udf(bc_model, args.input_size, args.batch_size, args.tf_threads,
-                             builds, engine=args.engine, bc_id=bc_id)
+                             builds, engine=args.engine)
     store_timer = Timer()
     partitions = 0
     batch = None
     added: dict[store.Key, store.Stored] = {}
     try:
+        # Its own stage: the workers serve PCA too, and a run with nothing new waits as
+        # long. The warm-up's tasks hold the cores meanwhile.
+        with timer.stage("workers_ready"):
+            _wait_quietly(warm)
         with timer.stage("featurize"):
             with store_timer.stage("read_keys"):
                 known = {} if args.refeaturize else features.keys()
@@ -415,14 +417,11 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
             # path -> the batch its row is taken from (latest batch wins, see store.py)
             chosen = {f.path: known[f.key].batch for f in inputs if f.key in known}
             ok_flags = {f.path: known[f.key].ok for f in inputs if f.key in known}
-            with store_timer.stage("workers_ready"):  # the warm-up's tasks hold the cores
-                _wait_quietly(warm)
             if todo:
                 batch = store.new_batch_id()
                 source = (files if len(todo) == n_images - len(empty)
                           else store.select_files(files, todo))
                 source = source.select("path", "length", "modificationTime", "content")
-                partitions = source.rdd.getNumPartitions()
                 rows = source.select(
                     "path",
                     F.col("length").alias("size"),
@@ -433,6 +432,9 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
                     added = features.append(rows, batch,
                                             {"run_id": args.run_id, "images": len(todo)})
                 seconds = store_timer.stages["featurize_write_commit"]
+                # Counted from the batch's files, not planned ahead (source.rdd costs a
+                # second query planning, 0.3-0.7 s here): a task writes one part file.
+                partitions = features.part_files(batch)
                 print(f"[featurize_pca] featurize: {len(todo)} images in {seconds:.1f} s, "
                       f"{len(todo) / max(seconds, 1e-3):.1f} img/s ({args.engine})",
                       file=sys.stderr, flush=True)

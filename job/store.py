@@ -267,6 +267,11 @@ class FeatureStore:
         self.files.write_json(posixpath.join(COMMITS, batch), {"batch": batch, **info})
         return {(p, s, m): Stored(b, ok) for p, s, m, b, ok in keys}
 
+    def part_files(self, batch: str) -> int:
+        """How many Parquet files a committed batch has: one per task that wrote rows."""
+        return sum(1 for name in self.files.list_names(BATCH_PREFIX + batch)
+                   if name.startswith("part-"))
+
     def read(self, chosen: dict[str, str]) -> Any:
         """DataFrame (path, size, mtime_ms, features, error) of the rows `chosen` names:
         path -> the batch to take it from."""
