@@ -142,11 +142,17 @@ def select_files(files: Any, wanted: list[InputFile]) -> Any:
 # ---- the fingerprint -------------------------------------------------------------------
 
 
+# pip's names for a package, where they differ from its import name.
+_DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu")}
+
+
 def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
+    for name in _DISTRIBUTIONS.get(package, (package,)):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def fingerprint(weights: list[Any], input_size: int, engine: str) -> tuple[str, dict[str, Any]]:

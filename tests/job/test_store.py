@@ -161,6 +161,8 @@ def test_the_fingerprint_follows_weights_size_and_engine_only() -> None:
     weights = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32)]
     name, description = store.fingerprint(weights, 224, "tensorflow")
     assert name.startswith("tensorflow-") and description["input_size"] == 224
+    # The installed TensorFlow is the tensorflow-cpu distribution: its version counts.
+    assert description["versions"]["tensorflow"] is not None
     assert store.fingerprint([w.copy() for w in weights], 224, "tensorflow")[0] == name
     changed = [weights[0].copy(), weights[1].copy()]
     changed[1][0] = np.nextafter(np.float32(1), np.float32(2))
