@@ -201,17 +201,16 @@ def make_warm_up_udf(engine: str) -> Any:
 
 def make_udf(
     bc_model: Any, input_size: int, batch_size: int, tf_threads: int, builds: Any = None,
-    engine: str = engines.DEFAULT_ENGINE, bc_id: str | None = None,
+    engine: str = engines.DEFAULT_ENGINE,
 ) -> Any:
     """The iterator pandas UDF: image bytes -> struct(features, error).
 
     `bc_model` broadcasts `engines.prepare(engine, ...).payload`; `tf_threads` is the
-    engine's intra-op threads per Python worker (TensorFlow's or ONNX Runtime's); `bc_id`
-    names the broadcast in the workers' model cache.
+    engine's intra-op threads per Python worker (TensorFlow's or ONNX Runtime's).
     """
     from pyspark.sql.functions import pandas_udf
 
-    bc_id = bc_id or new_broadcast_id()
+    bc_id = new_broadcast_id()  # names this broadcast in the workers' model cache
 
     @pandas_udf(RESULT_SCHEMA)  # type: ignore[call-overload]
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
