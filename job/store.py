@@ -229,9 +229,9 @@ class FeatureStore:
         rows: list[tuple[str, int, int, str, bool]] = []
         unlisted = []
         for batch in batches:
-            if f"{batch}.parquet" in key_files:
+            if _key_file(batch) in key_files:
                 rows += [(*k, batch, ok) for *k, ok in _keys_from_parquet(
-                    self.files.read_bytes(posixpath.join(KEYS, f"{batch}.parquet")))]
+                    self.files.read_bytes(posixpath.join(KEYS, _key_file(batch))))]
             else:
                 unlisted.append(batch)
         rows += self._read_keys(unlisted)
@@ -267,7 +267,7 @@ class FeatureStore:
             self.files.delete(TMP_PREFIX + batch)
             raise
         keys = self._read_keys([batch])
-        self.files.write_bytes(posixpath.join(KEYS, f"{batch}.parquet"),
+        self.files.write_bytes(posixpath.join(KEYS, _key_file(batch)),
                                _keys_to_parquet([(p, s, m, ok) for p, s, m, _, ok in keys]))
         # Last: from here on the batch exists for every reader.
         self.files.write_json(posixpath.join(COMMITS, batch), {"batch": batch, **info})
@@ -294,6 +294,11 @@ class FeatureStore:
         summary = self.files.fs.getContentSummary(self.files._path(self.files.base))
         return {"images": len(keys), "batches": len(self.committed()),
                 "bytes": int(summary.getLength())}
+
+
+def _key_file(batch: str) -> str:
+    """The name of a batch's key file under KEYS/."""
+    return f"{batch}.parquet"
 
 
 def _keys_to_parquet(keys: list[tuple[str, int, int, bool]]) -> bytes:
