@@ -168,6 +168,9 @@ class NspawnProvider:
             f"--network-namespace-path=/run/netns/{machine.namespace}",
             "--console=read-only", "--link-journal=no", "--resolv-conf=off",
             "--timezone=off",
+            # The security groups are an nft table in this namespace (firewall.py): as on
+            # EC2, nothing inside the instance may change them. The host sets the network up.
+            "--drop-capability=CAP_NET_ADMIN",
         ]
         inner = (f"mount -t overlay overlay -o {q(opts)} {q(str(node / 'merged'))} && "
                  f"exec {shlex.join(nspawn)}")

@@ -294,8 +294,9 @@ def settings_for(info: CloudInfo, placement: Placement, public_key: Path) -> dic
         "ssh_user": DEFAULT_USER,
         "node_python": NODE_PYTHON,
         "public_key_path": str(public_key),
-        # The operator is the bridge: its address is the subnet's first.
-        "operator_cidr": info.subnet,
+        # The operator is this machine, on the bridge: the subnet's first address, and only
+        # it (another host on the bridge is an outsider, as the security group test shows).
+        "operator_cidr": f"{info.bridge_ip}/32",
     }
 
 

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sparkfab.localcloud import machines, nat
+from sparkfab.localcloud import firewall, machines, nat
 from sparkfab.localcloud.hosts import LOCAL_REGION, MOTO_CREDENTIALS, LocalCloud, one_core
 from sparkfab.localcloud.image import ensure_image
 
@@ -206,12 +206,16 @@ class Watcher:
         self.deleter = deleter or Deleter(cloud.workdir / "trash", log)
         self.machines: dict[str, machines.Machine] = {}
         self._failed_at: dict[str, float] = {}
+        self._rules: dict[str, str] = {}  # instance id -> the firewall table applied
 
     def sync(self) -> bool:
         """One poll. True when something changed."""
         changed = self._power_events()
         states = instance_states(self.ec2, self.cloud.subnet)
         wanted = wanted_instances(self.ec2, self.cloud.subnet, self.log, states)
+        groups = firewall.security_groups(self.ec2) if wanted or self.machines else {}
+        rules = {iid: firewall.ruleset(states[iid], groups, firewall.members(states.values()))
+                 for iid in wanted}
         for iid in [i for i in self.machines if i not in wanted
                     or wanted[i].ip != self.machines[i].spec.ip]:
             state = states.get(iid, {}).get("State", {}).get("Name", "gone")
@@ -227,7 +231,10 @@ class Watcher:
                 continue
             if time.monotonic() - self._failed_at.get(iid, -RETRY_AFTER_S) < RETRY_AFTER_S:
                 continue
-            changed |= self._add(want)
+            changed |= self._add(want, rules[iid])
+        for iid, machine in self.machines.items():
+            if self._rules.get(iid) != rules[iid]:
+                self._firewall(machine, rules[iid])
         if changed:
             self.write_records()
         return changed
@@ -254,7 +261,15 @@ class Watcher:
                 changed = True
         return changed
 
-    def _add(self, want: Wanted) -> bool:
+    def _firewall(self, machine: machines.Machine, table: str) -> None:
+        """The instance's security groups as its machine's firewall (firewall.py)."""
+        firewall.apply(machine.namespace, table)
+        first = machine.spec.instance_id not in self._rules
+        self._rules[machine.spec.instance_id] = table
+        self.log(f"instance {machine.spec.instance_id}: security groups "
+                 f"{'applied' if first else 'changed, applied again'}")
+
+    def _add(self, want: Wanted, table: str) -> bool:
         name = host_name(want.instance_id)
         offset = int(ipaddress.IPv4Address(want.ip)) - int(self.cloud.subnet.network_address)
         spec = machines.MachineSpec(
@@ -264,9 +279,12 @@ class Watcher:
         machine = None
         try:
             machine = self.provider.create(spec)
+            # Before it boots: no moment where the machine is up and unfiltered.
+            self._firewall(machine, table)
             self.provider.boot(machine)
         except Exception as exc:  # one bad instance must not stop the others' machines
             self._failed_at[want.instance_id] = time.monotonic()
+            self._rules.pop(want.instance_id, None)
             self.log(f"instance {want.instance_id} at {want.ip}: machine failed to start: "
                      f"{exc}")
             if machine is not None:
@@ -280,6 +298,7 @@ class Watcher:
 
     def _remove(self, instance_id: str, *, keep_disk: bool = False, why: str = "") -> None:
         machine = self.machines.pop(instance_id)
+        self._rules.pop(instance_id, None)
         t0 = time.monotonic()
         stubborn = self.provider.destroy(machine, keep_disk=True)
         if not keep_disk:

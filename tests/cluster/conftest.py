@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -235,3 +236,16 @@ def staged_artifacts(local_cloud: LocalCloud, mirror: Mirror) -> Staged:
     report = artifacts.stage(s3, bucket, mirror)
     seconds = time.monotonic() - t0
     return Staged(bucket, artifacts.presigned_downloads(s3, bucket, mirror), report, seconds)
+
+
+def operator_ssh_group(ec2: Any, subnet_id: str, bridge_ip: str, name: str) -> str:
+    """A security group admitting SSH from the operator (this machine, on the bridge) only,
+    as provision's does: instances launched by hand with none get their VPC's default
+    group, which admits nothing from outside (the local cloud enforces groups)."""
+    vpc = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]["VpcId"]
+    gid = str(ec2.create_security_group(GroupName=name, Description="test: SSH from operator",
+                                        VpcId=vpc)["GroupId"])
+    ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+         "IpRanges": [{"CidrIp": f"{bridge_ip}/32"}]}])
+    return gid

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLOUD_ROOT, PREFIX, SUBNET, leftovers
+from conftest import CLOUD_ROOT, PREFIX, SUBNET, leftovers, operator_ssh_group
 
 from sparkfab import hostkeys
 from sparkfab.localcloud import Keypair, derived_subnet, netns, target, watcher
@@ -62,9 +62,10 @@ def test_instances_boot_machines_and_moto_follows_their_power(
         ec2 = info.client("ec2")
         ec2.import_key_pair(KeyName="watcher-test",
                             PublicKeyMaterial=ssh_keypair.public_key.encode())
+        group = operator_ssh_group(ec2, placement.subnet_id, info.bridge_ip, "watcher-test")
         launched = ec2.run_instances(
             ImageId=placement.ami_id, MinCount=3, MaxCount=3, InstanceType="m6i.large",
-            KeyName="watcher-test", SubnetId=placement.subnet_id,
+            KeyName="watcher-test", SubnetId=placement.subnet_id, SecurityGroupIds=[group],
             UserData="#!/bin/sh\necho launched-with-user-data > /var/tmp/ud\n",
             InstanceInitiatedShutdownBehavior="terminate")["Instances"]
         ips = {i["InstanceId"]: i["PrivateIpAddress"] for i in launched}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLOUD_ROOT, PREFIX, SUBNET, leftovers
+from conftest import CLOUD_ROOT, PREFIX, SUBNET, leftovers, operator_ssh_group
 
 from sparkfab import hostkeys, idleguard, inventory
 from sparkfab.aws.instances import ORPHAN_MINUTES
@@ -64,11 +64,13 @@ def cloud() -> Iterator[tuple[target.CloudInfo, target.Placement]]:
         assert leftovers(PREFIX_P) == []
 
 
-def _launch(info: target.CloudInfo, placement: target.Placement, user_data: str) -> str:
+def _launch(info: target.CloudInfo, placement: target.Placement, user_data: str,
+            group: str) -> str:
     ec2 = info.client("ec2")
     return str(ec2.run_instances(
         ImageId=placement.ami_id, MinCount=1, MaxCount=1, InstanceType="m6i.large",
         KeyName=KEY, SubnetId=placement.subnet_id, UserData=user_data,
+        SecurityGroupIds=[group],
         InstanceInitiatedShutdownBehavior="terminate")["Instances"][0]["InstanceId"])
 
 
@@ -85,12 +87,13 @@ def test_lifetime_master_gone_and_idle_guard_each_terminate_their_instance(
     ec2 = info.client("ec2")
     ec2.import_key_pair(KeyName=KEY, PublicKeyMaterial=ssh_keypair.public_key.encode())
     assert ORPHAN_MINUTES > 1  # the real limit; the test renders the user data with 1
+    group = operator_ssh_group(ec2, placement.subnet_id, info.bridge_ip, KEY)
     t0 = time.monotonic()
-    lifetime = _launch(info, placement, _user_data(ROLE_MASTER, LIFETIME_S, None))
+    lifetime = _launch(info, placement, _user_data(ROLE_MASTER, LIFETIME_S, None), group)
     # A worker whose master's address answers nothing: gone from the start.
     nobody = SUBNET_P.rsplit(".", 1)[0] + ".250"
-    orphan = _launch(info, placement, _user_data(ROLE_WORKER, 3600, nobody))
-    idle = _launch(info, placement, _user_data(ROLE_MASTER, 3600, None))
+    orphan = _launch(info, placement, _user_data(ROLE_WORKER, 3600, nobody), group)
+    idle = _launch(info, placement, _user_data(ROLE_MASTER, 3600, None), group)
 
     # The idle guard on `idle`, installed over SSH as provisioning does (keys from console).
     ip = ec2.describe_instances(InstanceIds=[idle])["Reservations"][0]["Instances"][0][
