@@ -20,6 +20,7 @@ from typing import Any
 
 from sparkfab import artifacts, ports
 from sparkfab.artifacts import Download
+from sparkfab.aws.session import aws_errors
 from sparkfab.errors import UserError
 from sparkfab.inventory import ROLE_MASTER, Inventory, Node, known_hosts_path
 from sparkfab.java import SUPPORTED_MAJORS
@@ -146,7 +147,10 @@ def config_files(
         "role": role,
         "master_ip": inv.master.private_ip,
         "worker": resources,
-        "dummy_s3_credentials": bool(inv.endpoint_url),
+        # Only the local cloud's namespace test hosts, which share this machine's kernel and
+        # have no metadata service, sign with moto's dummy keys; every booted or EC2 node
+        # takes its instance profile's credentials from IMDSv2 and holds no key at all.
+        "dummy_s3_credentials": bool(inv.endpoint_url) and bool(inv.extra.get("shared_kernel")),
     }
     if not inv.spark_secret:
         raise UserError(f"inventory of {inv.cluster} has no spark_secret",
@@ -271,7 +275,8 @@ def install_cluster(
         _stop_on_failure(log, out)
 
         if inv.bucket:
-            ensure_event_log_dir(inv, s3)
+            with aws_errors(inv.region, f"creating Spark's event log folder in {inv.bucket}"):
+                ensure_event_log_dir(inv, s3)
         log.add(start_service(remote, inv.master))
         _stop_on_failure(log, out)
         wait_for_master(remote, inv)

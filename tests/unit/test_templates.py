@@ -127,14 +127,26 @@ def test_secret_and_security_settings_in_spark_defaults() -> None:
         else:
             assert "spark.hadoop.fs.s3a.endpoint" not in conf
             assert "spark.hadoop.fs.s3a.path.style.access" not in conf
-            assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"] == (
-                "org.apache.hadoop.fs.s3a.auth.IAMInstanceCredentialsProvider")
+        # The instance profile through IMDSv2 on AWS and on the local cloud's booted
+        # machines: no key on any node.
+        assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"] == (
+            "org.apache.hadoop.fs.s3a.auth.IAMInstanceCredentialsProvider")
         env = files["worker-1:spark-env.sh"]
-        # moto's dummy keys only in the local cloud; on AWS no key is ever on a node.
-        assert ("AWS_ACCESS_KEY_ID=testing" in env) is local
+        assert "AWS_" not in env
         assert "export SPARK_LOCAL_IP=10.0.0.11" in env
         assert "SPARK_WORKER_CORES=4" in env and "SPARK_WORKER_MEMORY=14000m" in env
         assert "SPARK_WORKER_CORES" not in files["master:spark-env.sh"]
+
+
+def test_only_a_shared_kernel_test_host_signs_with_moto_dummies() -> None:
+    """The namespace test hosts (no metadata service) are the one place dummy keys go."""
+    inv = _inventory(local=True)
+    inv.extra["shared_kernel"] = True
+    files = {Path(f.dest).name: f.content for f in install.config_files(inv, inv.workers[0],
+                                                                        None)}
+    assert "AWS_ACCESS_KEY_ID=testing" in files["spark-env.sh"]
+    assert ("EnvironmentVariableCredentialsProvider" in files["spark-defaults.conf"]
+            and "IAMInstanceCredentialsProvider" not in files["spark-defaults.conf"])
 
 
 def _defaults_conf(local: bool) -> dict[str, str]:
