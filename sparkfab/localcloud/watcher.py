@@ -19,6 +19,10 @@ other. Every POLL_S it asks moto for the instances of the cloud's subnet:
   a reboot inside the machine boots it again.
 Each machine's console is `console/<instance id>.log`, which moto serves as the instance's
 `GetConsoleOutput` (motoserver.py): host keys reach the operator as on AWS.
+Each machine also gets what EC2 wraps around an instance, in place before it boots: its
+security groups as a firewall in its namespace (firewall.py, re-rendered every poll, so an
+authorize or revoke takes effect within a second) and IMDSv2 at 169.254.169.254 with its
+instance profile's temporary credentials from moto STS (imds.py).
 
 What it runs is recorded in the work directory:
 
@@ -49,7 +53,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sparkfab.localcloud import firewall, machines, nat
+from sparkfab.localcloud import firewall, imds, machines, nat
 from sparkfab.localcloud.hosts import LOCAL_REGION, MOTO_CREDENTIALS, LocalCloud, one_core
 from sparkfab.localcloud.image import ensure_image
 
@@ -198,9 +202,16 @@ class Watcher:
     """Keeps one booted machine per running moto instance, and moto told of power-offs."""
 
     def __init__(self, cloud: LocalCloud, ec2: Any, provider: machines.NspawnProvider,
-                 log: Any = print, deleter: Deleter | None = None) -> None:
+                 log: Any = print, deleter: Deleter | None = None,
+                 metadata_clients: tuple[Any, Any, Any] | None = None) -> None:
+        """`metadata_clients`: (ec2, iam, sts) clients the machines' metadata services ask
+        moto with (their own: they answer from threads of their own); None: no IMDS."""
         self.cloud = cloud
         self.ec2 = ec2
+        self._metadata_clients = metadata_clients
+        self._credentials = (imds.MotoCredentials(metadata_clients[2])
+                             if metadata_clients else None)
+        self._metadata: dict[str, imds.MetadataServer] = {}
         self.provider = provider
         self.log = log
         self.deleter = deleter or Deleter(cloud.workdir / "trash", log)
@@ -279,14 +290,17 @@ class Watcher:
         machine = None
         try:
             machine = self.provider.create(spec)
-            # Before it boots: no moment where the machine is up and unfiltered.
+            # Before it boots: no moment where the machine is up and unfiltered, and its
+            # user data may ask for its credentials at once.
             self._firewall(machine, table)
+            self._serve_metadata(machine)
             self.provider.boot(machine)
         except Exception as exc:  # one bad instance must not stop the others' machines
             self._failed_at[want.instance_id] = time.monotonic()
             self._rules.pop(want.instance_id, None)
             self.log(f"instance {want.instance_id} at {want.ip}: machine failed to start: "
                      f"{exc}")
+            self._stop_metadata(want.instance_id)
             if machine is not None:
                 self.provider.destroy(machine)
             return False
@@ -296,9 +310,31 @@ class Watcher:
                  f"{machine.namespace}, nspawn pid {machine.pid}, core {spec.core})")
         return True
 
+    def _serve_metadata(self, machine: machines.Machine) -> None:
+        """IMDSv2 at 169.254.169.254 inside the machine's namespace (imds.py): its identity
+        and its instance profile's credentials from moto, as EC2's metadata service."""
+        if self._metadata_clients is None or self._credentials is None:
+            return
+        iid = machine.spec.instance_id
+        ec2, iam, _ = self._metadata_clients
+        server = imds.MetadataServer(
+            imds.listen_in_namespace(machine.namespace), imds.MotoIdentity(ec2, iam, iid),
+            self._credentials, lambda line: self.log(f"instance {iid}: {line}"))
+        server.start()
+        self._metadata[iid] = server
+
+    def _stop_metadata(self, instance_id: str) -> None:
+        # Before the namespace goes: an open socket would keep it alive unnamed.
+        server = self._metadata.pop(instance_id, None)
+        if server is not None:
+            server.stop()
+        if self._credentials is not None:
+            self._credentials.forget(instance_id)
+
     def _remove(self, instance_id: str, *, keep_disk: bool = False, why: str = "") -> None:
         machine = self.machines.pop(instance_id)
         self._rules.pop(instance_id, None)
+        self._stop_metadata(instance_id)
         t0 = time.monotonic()
         stubborn = self.provider.destroy(machine, keep_disk=True)
         if not keep_disk:
@@ -322,10 +358,15 @@ class Watcher:
         write_atomic(workdir / HOSTS_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
-def moto_ec2(endpoint: str, region: str = LOCAL_REGION) -> Any:
+def moto_client(service: str, endpoint: str, region: str = LOCAL_REGION) -> Any:
     import boto3
 
-    return boto3.client("ec2", endpoint_url=endpoint, region_name=region, **MOTO_CREDENTIALS)
+    return boto3.client(service, endpoint_url=endpoint, region_name=region,
+                        **MOTO_CREDENTIALS)
+
+
+def moto_ec2(endpoint: str, region: str = LOCAL_REGION) -> Any:
+    return moto_client("ec2", endpoint, region)
 
 
 class _Log:
@@ -367,7 +408,9 @@ def run(prefix: str, subnet: str, workdir: Path, *, port: int | None = None,
         provider = machines.NspawnProvider(
             image, workdir, cloud.names, cloud.bridge_ip, cloud.subnet.prefixlen,
             workdir / CONSOLE_DIR, int(cloud.subnet.network_address))
-        watcher = Watcher(cloud, moto_ec2(endpoint), provider, log, deleter)
+        watcher = Watcher(cloud, moto_ec2(endpoint), provider, log, deleter,
+                          metadata_clients=(moto_ec2(endpoint), moto_client("iam", endpoint),
+                                            moto_client("sts", endpoint)))
         watcher.write_records()
         write_atomic(workdir / CLOUD_FILE, json.dumps({
             "prefix": prefix, "subnet": str(cloud.subnet), "bridge_ip": cloud.bridge_ip,

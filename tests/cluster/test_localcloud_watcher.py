@@ -23,6 +23,15 @@ PREFIX_W = f"{PREFIX}w4"
 SUBNET_W = derived_subnet(SUBNET, 4)
 
 
+# A GET without a token (IMDSv2 required: 401), then the token dance for the instance id.
+IMDS_INSTANCE_ID = (
+    "curl -s -o /dev/null -w '%{http_code}\\n' http://169.254.169.254/latest/meta-data/instance-id"
+    " && t=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60'"
+    " http://169.254.169.254/latest/api/token)"
+    " && curl -sf -H \"X-aws-ec2-metadata-token: $t\""
+    " http://169.254.169.254/latest/meta-data/instance-id")
+
+
 def _ssh(ip: str, key: Path, known_hosts: Path, command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["ssh", "-i", str(key), "-F", "/dev/null", "-o", "BatchMode=yes",
@@ -66,6 +75,8 @@ def test_instances_boot_machines_and_moto_follows_their_power(
         launched = ec2.run_instances(
             ImageId=placement.ami_id, MinCount=3, MaxCount=3, InstanceType="m6i.large",
             KeyName="watcher-test", SubnetId=placement.subnet_id, SecurityGroupIds=[group],
+            # As provision launches them: IMDSv2 only.
+            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
             UserData="#!/bin/sh\necho launched-with-user-data > /var/tmp/ud\n",
             InstanceInitiatedShutdownBehavior="terminate")["Instances"]
         ips = {i["InstanceId"]: i["PrivateIpAddress"] for i in launched}
@@ -86,6 +97,11 @@ def test_instances_boot_machines_and_moto_follows_their_power(
                        "ip -4 -o addr show dev eth0")
             assert out.returncode == 0, out.stderr
             assert "launched-with-user-data" in out.stdout and f"inet {ip}/" in out.stdout
+        # IMDSv2 inside each machine: its own instance id, with a token and not without.
+        for iid, ip in ips.items():
+            out = _ssh(ip, ssh_keypair.private_key, known, IMDS_INSTANCE_ID)
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.split() == ["401", iid]
         assert len(_namespaces()) == 3
 
         # A key the console did not print is refused (a machine re-made at the address).
