@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import netcheck
 import pytest
 import yaml
 from conftest import CLOUD_ROOT, PREFIX, REPO, SUBNET, leftovers
@@ -32,7 +34,7 @@ from sparkfab import demo_weights, inventory, ports
 from sparkfab.aws import tags as T
 from sparkfab.aws.iam import names as iam_names
 from sparkfab.aws.keys import key_pair_name
-from sparkfab.localcloud import derived_subnet, netns, target
+from sparkfab.localcloud import derived_subnet, machines, netns, target, watcher
 from sparkfab.localcloud.hosts import MOTO_CREDENTIALS
 from sparkfab.localcloud.mirror import DEFAULT_OUT as MIRROR_DIR
 
@@ -77,11 +79,12 @@ def _namespaces() -> list[str]:
     return [ns for ns in netns.list_namespaces() if ns.startswith(f"{PREFIX_E}-")]
 
 
-def _until(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+def _until(check: Callable[[], bool], what: str, timeout_s: float = 60,
+           poll_s: float = 0.5) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
+        time.sleep(poll_s)
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +142,126 @@ def _ssh(cloud: Cloud, inv: inventory.Inventory, ip: str, command: str
          "-o", f"UserKnownHostsFile={inventory.known_hosts_path(CLUSTER, cloud.inv_dir)}",
          f"{inv.ssh_user}@{ip}", command],
         capture_output=True, text=True, timeout=60)
+
+
+def _ssh_runner(cloud: Cloud, inv: inventory.Inventory, ip: str) -> netcheck.Runner:
+    def run(argv: list[str], stdin: str) -> str:
+        out = subprocess.run(
+            ["ssh", "-i", inv.private_key_path, "-F", "/dev/null", "-o", "BatchMode=yes",
+             "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+             "-o", "GlobalKnownHostsFile=/dev/null",
+             "-o", f"UserKnownHostsFile={inventory.known_hosts_path(CLUSTER, cloud.inv_dir)}",
+             f"{inv.ssh_user}@{ip}", shlex.join(argv)],
+            input=stdin, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+    return run
+
+
+def _check_security_groups(cloud: Cloud, inv: inventory.Inventory) -> None:
+    """The security group is the firewall: from a host outside it nothing answers, from
+    the operator only SSH, between members every port; widening the group opens it to the
+    outsider within a poll or two, and revoking closes it again."""
+    listening = {}
+    for node in inv.nodes:
+        out = _ssh(cloud, inv, node.private_ip, "sudo -n ss -Htln")
+        assert out.returncode == 0, out.stderr
+        listening[node.private_ip] = netcheck.listening_ports(out.stdout)
+    master = inv.master.private_ip
+    assert {22, ports.MASTER_RPC, ports.MASTER_UI} <= listening[master]
+    assert all({22, ports.WORKER_UI} <= listening[n.private_ip] for n in inv.workers)
+    targets = sorted((ip, port) for ip, found in listening.items() for port in found)
+    python = "/usr/bin/python3"  # the nodes' own, and this machine's for the outsider
+    with netcheck.outsider(PREFIX_E, SUBNET_E) as (outsider, _):
+        from_outside = netcheck.namespace_runner(outsider)
+        seen = netcheck.probe_from(from_outside, python, targets)
+        assert [t for t, ok in seen.items() if ok] == []
+        seen = netcheck.probe_from(netcheck.local_runner, sys.executable, targets)
+        assert sorted(t for t, ok in seen.items() if ok) == [t for t in targets if t[1] == 22]
+        for node in inv.nodes:
+            others = [t for t in targets if t[0] != node.private_ip]
+            seen = netcheck.probe_from(_ssh_runner(cloud, inv, node.private_ip), python,
+                                       others)
+            assert [t for t, ok in seen.items() if not ok] == [], node.name
+
+        ec2, group = cloud.client("ec2"), inv.security_group_id
+        wide = [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+        rpc = (master, ports.MASTER_RPC)
+
+        def outsider_reaches_rpc() -> bool:
+            # On the bridge an open port answers in a millisecond: a short probe measures
+            # how soon the change is enforced, not the probe.
+            return netcheck.probe_from(from_outside, python, [rpc], timeout_s=0.1)[rpc]
+
+        t0 = time.monotonic()
+        ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=wide)
+        try:
+            _until(outsider_reaches_rpc, "the widened group to admit the outsider", 10, 0.1)
+            opened_s = time.monotonic() - t0
+        finally:
+            t0 = time.monotonic()
+            ec2.revoke_security_group_ingress(GroupId=group, IpPermissions=wide)
+        _until(lambda: not outsider_reaches_rpc(), "the revoke to shut the outsider out", 10,
+               0.1)
+        closed_s = time.monotonic() - t0
+    print(f"\nfigure: security groups: {len(targets)} listening ports on 3 nodes; outsider "
+          f"reached none, the operator only 22, members all; authorize took effect in "
+          f"{opened_s:.1f}s, revoke in {closed_s:.1f}s (probes every ~0.2 s)")
+
+
+IMDS = "http://169.254.169.254/latest"
+# What any SDK on a node does: a token, the role's name, its credentials; first a GET
+# without a token, which IMDSv2-only instances refuse.
+IMDS_CREDENTIALS = (
+    f"curl -s -o /dev/null -w '%{{http_code}}\\n' {IMDS}/meta-data/instance-id"
+    f" && t=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' {IMDS}/api/token)"
+    f" && role=$(curl -sf -H \"X-aws-ec2-metadata-token: $t\" "
+    f"{IMDS}/meta-data/iam/security-credentials/)"
+    f" && echo \"$role\" && curl -sf -H \"X-aws-ec2-metadata-token: $t\" "
+    f"{IMDS}/meta-data/iam/security-credentials/\"$role\"")
+
+
+def _imds_credentials(cloud: Cloud, inv: inventory.Inventory) -> list[str]:
+    """The master's instance-profile credentials, fetched on it as its SDKs fetch them; the
+    secrets to look for on every node. Never printed, in a failure either."""
+    out = _ssh(cloud, inv, inv.master.private_ip, IMDS_CREDENTIALS)
+    assert out.returncode == 0, out.stderr
+    code, role, body = out.stdout.split("\n", 2)
+    assert (code, role) == ("401", iam_names(CLUSTER).role)
+    doc = json.loads(body)
+    from_sts = doc["Code"] == "Success" and doc["AccessKeyId"].startswith("ASIA")
+    assert from_sts  # temporary credentials of the node role, from moto STS
+    return [doc["AccessKeyId"], doc["SecretAccessKey"], doc["Token"]]
+
+
+def _check_no_keys(cloud: Cloud, inv: inventory.Inventory, secrets: list[str]) -> None:
+    """No AWS key on any node: not in a file any of them wrote, not in a process's
+    environment; and the search does find one that a careless hand writes there."""
+    workdir = target.workdir_for(PREFIX_E, CLOUD_ROOT)
+    t0 = time.monotonic()
+    for node in inv.nodes:
+        name = watcher.host_name(node.instance_id)
+        upper = workdir / "nodes" / name / "upper"
+        cgroup = machines.CGROUP_ROOT / netns.Names(PREFIX_E).namespace(name)
+        assert upper.is_dir() and machines.cgroup_pids(cgroup)
+        assert netcheck.key_findings(upper, cgroup, secrets) == [], node.name
+    seconds = time.monotonic() - t0
+    master = inv.master
+    leak = "/etc/profile.d/sparkfab-test-leak.sh"
+    fake = "export AWS_SECRET_ACCESS_KEY=" + "x" * 40  # the shape of a key, not one
+    out = _ssh(cloud, inv, master.private_ip,
+               f"echo {shlex.quote(fake)} | sudo -n tee {leak} >/dev/null")
+    assert out.returncode == 0, out.stderr
+    try:
+        name = watcher.host_name(master.instance_id)
+        found = netcheck.key_findings(
+            workdir / "nodes" / name / "upper",
+            machines.CGROUP_ROOT / netns.Names(PREFIX_E).namespace(name), secrets)
+        assert [f for f in found if f.endswith(leak)], found
+    finally:
+        _ssh(cloud, inv, master.private_ip, f"sudo -n rm -f {leak}")
+    print(f"\nfigure: no AWS key on 3 nodes (files and process environments searched in "
+          f"{seconds:.0f}s); a key written by hand was found")
 
 
 def _check_provisioned(cloud: Cloud) -> inventory.Inventory:
@@ -222,6 +345,8 @@ def test_provision_run_job_teardown_as_a_user_types_them(
         demo = hashlib.sha256((REPO / demo_weights.DEFAULT_OUT).read_bytes()).hexdigest()
         assert manifest["weights"]["sha256"] == demo
         assert manifest["weights"]["spec"].startswith(f"s3a://{bucket}/sparkfab/weights/")
+        _check_security_groups(cloud, inv)
+        _check_no_keys(cloud, inv, _imds_credentials(cloud, inv))
     else:
         assert manifest["pca"]["k"] == 3
 
