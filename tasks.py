@@ -297,6 +297,18 @@ def teardown(c, cluster=None, region=None, yes=False, delete_bucket=False, confi
         teardown_cluster(aws, plan, say)
 
 
+@task(help={
+    "bucket": "a bucket of yours (the `bucket:` setting): its ARN replaces sparkfab's "
+    "own bucket names (sparkfab-*) in the S3 statements",
+}, auto_shortflags=False)
+def operator_policy(c, bucket=None):
+    """Print the IAM policy the identity running fab needs (attach it to your user/role)."""
+    from sparkfab.aws import operator_policy as policy
+
+    with _user_errors():
+        print(policy.render(bucket), end="")
+
+
 # ---- cluster install: stage ------------------------------------------------------------
 
 @task(help={

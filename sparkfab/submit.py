@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 from paramiko.ssh_exception import SSHException
 
@@ -380,7 +381,7 @@ def stage_local_weights(
                 out.write(f"staging weights {local} ({size / 1e6:.1f} MB) in s3://{inv.bucket}/"
                           f"{key}\n")
                 s3.upload_file(str(local), inv.bucket, key)
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
             raise s3_error(exc, inv.bucket, "stage the weights") from exc
         url = f"s3a://{inv.bucket}/{key}"
         args[index] = url if index == i + 1 else f"--weights={url}"

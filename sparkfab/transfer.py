@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import (
     BotoCoreError,
@@ -27,6 +28,7 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 
+from sparkfab.aws.session import client_error, denied_action
 from sparkfab.errors import UserError
 from sparkfab.s3path import S3Path
 
@@ -60,6 +62,7 @@ class UploadResult:
 
 def s3_error(exc: Exception, bucket: str, action: str) -> UserError:
     """One clear line for the S3 failures users meet; the raw code is kept in the text."""
+    exc = client_error(exc)  # type: ignore[assignment]
     if isinstance(exc, NoCredentialsError):
         return UserError(
             f"no AWS credentials found while trying to {action}",
@@ -81,9 +84,12 @@ def s3_error(exc: Exception, bucket: str, action: str) -> UserError:
                 "set region (sparkfab.yaml, SPARKFAB_REGION or --region) to the bucket's",
             )
         if code in _DENIED:
+            refused = denied_action(exc) if code == "AccessDenied" else None
             return UserError(
-                f"access denied to bucket {bucket!r} while trying to {action} ({code})",
-                "check that your AWS identity may list and write this bucket",
+                f"access denied to bucket {bucket!r} while trying to {action} ({code}"
+                + (f": AWS denied {refused})" if refused else ")"),
+                "check that your AWS identity may list and write this bucket (`fab "
+                "operator-policy` prints every permission sparkfab needs)",
             )
         return UserError(f"S3 refused to {action} in {bucket!r}: {code}: {exc}")
     return UserError(f"S3 failed to {action} in {bucket!r}: {exc}")
@@ -209,7 +215,8 @@ def upload_folder(
                 str(f.path), dest.bucket, f.key,
                 ExtraArgs={"ContentType": content_type}, Config=_PER_FILE,
             )
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, S3UploadFailedError) as failed:
+            exc = client_error(failed)
             err = s3_error(exc, dest.bucket, f"upload to {dest.s3}")
             if _fatal(exc):
                 stop.set()
@@ -260,7 +267,7 @@ def upload_folder(
     return result
 
 
-def _fatal(exc: Exception) -> bool:
+def _fatal(exc: BaseException) -> bool:
     if isinstance(exc, NoCredentialsError | EndpointConnectionError):
         return True
     if isinstance(exc, ClientError):

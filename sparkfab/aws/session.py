@@ -8,12 +8,14 @@ against the EU list before a session exists, so a non-EU call cannot be made.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache, cached_property
 from typing import Any
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -52,14 +54,60 @@ _CAPACITY = {"InsufficientInstanceCapacity", "InsufficientCapacity",
              "Unsupported"}
 _AMI = {"InvalidAMIID.NotFound", "InvalidAMIID.Malformed", "InvalidAMIID.Unavailable"}
 _OPT_IN = {"OptInRequired"}
+# IAM and EC2 (and S3 on AWS, for requests within the account) name the action they
+# refused: "... is not authorized to perform: ec2:RunInstances on resource: ...".
+_PERFORM = re.compile(r"perform: ([A-Za-z0-9-]+:[A-Za-z0-9*]+)")
+# An S3 "Access Denied" may name nothing; the operation then tells which permission it
+# needed, where its IAM action has another name than the operation (the rest: s3:<op>).
+_S3_OPERATION_ACTIONS = {
+    "HeadBucket": "s3:ListBucket", "ListObjects": "s3:ListBucket",
+    "ListObjectsV2": "s3:ListBucket", "ListObjectVersions": "s3:ListBucketVersions",
+    "HeadObject": "s3:GetObject", "CreateMultipartUpload": "s3:PutObject",
+    "UploadPart": "s3:PutObject", "CompleteMultipartUpload": "s3:PutObject",
+    "DeleteObjects": "s3:DeleteObject",
+    "GetPublicAccessBlock": "s3:GetBucketPublicAccessBlock",
+    "PutPublicAccessBlock": "s3:PutBucketPublicAccessBlock",
+    "GetBucketEncryption": "s3:GetEncryptionConfiguration",
+    "PutBucketEncryption": "s3:PutEncryptionConfiguration",
+}
+_S3_OPERATIONS_AS_ACTIONS = {
+    "CreateBucket", "DeleteBucket", "GetBucketLocation", "GetBucketTagging",
+    "PutBucketTagging", "GetBucketPolicy", "PutBucketPolicy", "PutBucketVersioning",
+    "GetObject", "PutObject", "DeleteObject", "AbortMultipartUpload",
+}
 
 
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def client_error(exc: BaseException) -> BaseException:
+    """The ClientError inside boto3's S3UploadFailedError (upload_file raises that one, with
+    the real error as its context), else `exc` itself."""
+    if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, ClientError):
+        return exc.__context__
+    return exc
+
+
+def denied_action(exc: ClientError) -> str | None:
+    """The IAM action an AccessDenied refused, e.g. "ec2:RunInstances", when it can tell."""
+    message = str(exc.response.get("Error", {}).get("Message", ""))
+    found = _PERFORM.search(message)
+    if found:
+        return found.group(1)
+    op = exc.operation_name
+    if op in _S3_OPERATION_ACTIONS:
+        return _S3_OPERATION_ACTIONS[op]
+    return f"s3:{op}" if op in _S3_OPERATIONS_AS_ACTIONS else None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def translate(exc: Exception, region: str, doing: str = "") -> UserError | None:
     """A UserError for an AWS/botocore failure a user can act on, else None."""
+    exc = client_error(exc)  # type: ignore[assignment]
     what = f" while {doing}" if doing else ""
     opt_in = (f" ({region} is an opt-in region: enable it in the account first)"
               if region in OPT_IN_REGIONS else "")
@@ -85,7 +133,8 @@ def translate(exc: Exception, region: str, doing: str = "") -> UserError | None:
     if not isinstance(exc, ClientError):
         return None
     code = error_code(exc)
-    message = exc.response.get("Error", {}).get("Message", "") or str(exc)
+    # One line whatever AWS sent (a body botocore could not parse arrives whole).
+    message = _one_line(exc.response.get("Error", {}).get("Message", "") or str(exc))
     if code in _EXPIRED:
         return UserError(f"your AWS credentials have expired{what}",
                          hint="refresh them (e.g. `aws sso login`) and run again")
@@ -95,10 +144,17 @@ def translate(exc: Exception, region: str, doing: str = "") -> UserError | None:
     if code in _OPT_IN:
         return UserError(f"the account is not subscribed to this service or region{what}",
                          hint=f"enable the region {region} in the AWS console, or pick another")
-    if code in _DENIED:
-        return UserError(f"AWS denied the request{what}: {message}",
-                         hint="your identity lacks a permission sparkfab needs; see README "
-                         "'## AWS' for the list")
+    # A 403 whose body botocore could not parse keeps only the status as its code.
+    if code in _DENIED or (code == "403" and denied_action(exc)):
+        hint = ("add it to the policy of the identity you run fab as: `fab operator-policy` "
+                "prints every permission sparkfab needs")
+        action = denied_action(exc)
+        if action:
+            # AWS's own text may run on with an encoded authorization message: the action
+            # is what the user needs.
+            return UserError(f"AWS denied {action}{what}: your identity lacks that "
+                             "permission", hint=hint)
+        return UserError(f"AWS denied the request{what}: {message}", hint=hint)
     if code in _QUOTA:
         return UserError(f"an AWS quota stops this{what}: {code}: {message}",
                          hint="use fewer workers or smaller types, or ask for a higher quota "
@@ -120,7 +176,7 @@ def aws_errors(region: str, doing: str = "") -> Iterator[None]:
     """Re-raise AWS/botocore failures as UserError; UserErrors pass through."""
     try:
         yield
-    except (ClientError, BotoCoreError) as exc:
+    except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
         err = translate(exc, region, doing)
         if err is None:
             raise

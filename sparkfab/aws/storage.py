@@ -171,9 +171,13 @@ def exists(s3: Any, bucket: str) -> bool:
         if code in _NOT_FOUND:
             return False
         if code in {"403", "AccessDenied", "Forbidden"}:
-            raise UserError(f"bucket {bucket} exists and belongs to someone else (or you may "
-                            "not read it)",
-                            hint="bucket names are global: set another bucket name") from None
+            # HeadBucket's 403 has no body: a bucket of another account and a missing
+            # s3:ListBucket of ours look the same, so the line names both.
+            raise UserError(f"bucket {bucket} exists and belongs to someone else, or AWS "
+                            "denied s3:ListBucket on it to your identity",
+                            hint="bucket names are global: set another bucket name; or add the "
+                            "permission (`fab operator-policy` prints all sparkfab needs)"
+                            ) from None
         raise
 
 
@@ -214,6 +218,24 @@ def ensure_bucket(s3: Any, bucket: str, region: str, cluster: str, versioning: b
     return True
 
 
+def _refused(bucket: str, errors: list[dict[str, Any]]) -> None:
+    """DeleteObjects answers 200 and lists what it refused: stop there, or the bucket's
+    deletion fails later with a BucketNotEmpty that hides the cause."""
+    if not errors:
+        return
+    code, message = errors[0].get("Code", ""), errors[0].get("Message", "")
+    if code == "AccessDenied":
+        # Each entry names a version: AWS checks s3:DeleteObjectVersion for those.
+        raise UserError(f"AWS denied s3:DeleteObjectVersion while emptying bucket {bucket} "
+                        f"({len(errors)} object version(s) kept): your identity lacks that "
+                        "permission",
+                        hint="add it to the policy of the identity you run fab as: `fab "
+                        "operator-policy` prints every permission sparkfab needs")
+    raise UserError(f"S3 kept {len(errors)} object version(s) of bucket {bucket}: {code}: "
+                    f"{message}", hint="run the teardown again; if it persists, empty the "
+                    "bucket in the S3 console")
+
+
 def empty_and_delete(s3: Any, bucket: str, say: Say) -> int:
     """Delete every object version and delete marker, then the bucket; the count removed."""
     removed = 0
@@ -222,7 +244,8 @@ def empty_and_delete(s3: Any, bucket: str, say: Say) -> int:
                  for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
         for start in range(0, len(batch), 1000):
             chunk = batch[start:start + 1000]
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+            resp = s3.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+            _refused(bucket, resp.get("Errors", []))
             removed += len(chunk)
             say(f"bucket {bucket}: {removed} object version(s) deleted")
     s3.delete_bucket(Bucket=bucket)
