@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from sparkfab.localcloud import netns
+from sparkfab.localcloud import netns, resources
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 # A node halts in ~3 s here; a loaded one (Spark, a job) takes longer to stop its units.
@@ -56,6 +56,8 @@ class MachineSpec:
     public_keys: tuple[str, ...]
     user_data: bytes = b""
     core: int | None = None  # the host core it is pinned to; None: not pinned
+    cpus: str | None = None  # its cores as taskset takes them ("0,1"); None: `core` alone
+    memory_mb: int | None = None  # what its /proc/meminfo says (resources.py); None: host's
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Machine:
     console_path: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     boots: int = 0
+    memory_reported: bool = False  # its /proc/meminfo says spec.memory_mb (this boot)
 
     @property
     def pid(self) -> int | None:
@@ -77,6 +80,7 @@ class MachineProvider(Protocol):
     def boot(self, machine: Machine) -> None: ...
     def console_output(self, machine: Machine) -> str: ...
     def power_state(self, machine: Machine) -> str: ...
+    def settle(self, machine: Machine) -> bool: ...
     def destroy(self, machine: Machine, keep_disk: bool = False) -> list[int]: ...
 
 
@@ -119,6 +123,10 @@ class NspawnProvider:
         fresh = not (node / "upper").is_dir()
         for part in ("upper", "work", "merged"):
             (node / part).mkdir(parents=True, exist_ok=True)
+        if spec.memory_mb is not None:  # every start: a stopped instance may change type
+            info = node / "upper" / resources.MEMINFO_PATH
+            info.parent.mkdir(parents=True, exist_ok=True)
+            info.write_text(resources.meminfo(spec.memory_mb))
         if fresh:
             self._seed(node / "upper", spec)
             # A new machine's console starts empty: keys printed by an earlier machine of
@@ -174,8 +182,9 @@ class NspawnProvider:
         ]
         inner = (f"mount -t overlay overlay -o {q(opts)} {q(str(node / 'merged'))} && "
                  f"exec {shlex.join(nspawn)}")
-        pin = (f"taskset --cpu-list {machine.spec.core} "
-               if machine.spec.core is not None else "")
+        cpus = machine.spec.cpus or (None if machine.spec.core is None
+                                     else str(machine.spec.core))
+        pin = f"taskset --cpu-list {q(cpus)} " if cpus is not None else ""
         outer = (f"echo $$ > {q(str(cgroup / 'cgroup.procs'))} && "
                  f"exec {pin}unshare --mount --propagation private sh -c {q(inner)}")
         with machine.console_path.open("ab") as console:
@@ -183,6 +192,18 @@ class NspawnProvider:
                 ["sh", "-c", outer], stdin=subprocess.DEVNULL, stdout=console,
                 stderr=subprocess.STDOUT, start_new_session=True)
         machine.boots += 1
+        machine.memory_reported = False
+
+    def settle(self, machine: Machine) -> bool:
+        """What a booting machine needs once its systemd runs: its /proc/meminfo saying its
+        type's memory (resources.py). True once nothing is left to do; call it again
+        (each poll) until then."""
+        if machine.spec.memory_mb is None or machine.memory_reported:
+            return True
+        pid = resources.init_pid(cgroup_pids(self.cgroup(machine)))
+        if pid is not None and resources.report_memory(pid):
+            machine.memory_reported = True
+        return machine.memory_reported
 
     # ---- observe ---------------------------------------------------------------------
 

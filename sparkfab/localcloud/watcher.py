@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sparkfab.localcloud import firewall, imds, machines, nat
+from sparkfab.localcloud import firewall, imds, machines, nat, resources
 from sparkfab.localcloud.hosts import LOCAL_REGION, MOTO_CREDENTIALS, LocalCloud, one_core
 from sparkfab.localcloud.image import ensure_image
 
@@ -75,6 +75,7 @@ class Wanted:
     instance_id: str
     ip: str
     public_key: str
+    instance_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,8 @@ def wanted_instances(ec2: Any, subnet: ipaddress.IPv4Network,
             log(f"instance {inst['InstanceId']} at {ip}: no imported key pair "
                 f"({key_name or 'none given'}); it gets no machine")
             continue
-        out[inst["InstanceId"]] = Wanted(inst["InstanceId"], ip, public_key)
+        out[inst["InstanceId"]] = Wanted(inst["InstanceId"], ip, public_key,
+                                         str(inst.get("InstanceType") or ""))
     return out
 
 
@@ -218,6 +220,7 @@ class Watcher:
         self.machines: dict[str, machines.Machine] = {}
         self._failed_at: dict[str, float] = {}
         self._rules: dict[str, str] = {}  # instance id -> the firewall table applied
+        self._sizes: dict[str, resources.Resources | None] = {}  # by instance type
 
     def sync(self) -> bool:
         """One poll. True when something changed."""
@@ -246,6 +249,9 @@ class Watcher:
         for iid, machine in self.machines.items():
             if self._rules.get(iid) != rules[iid]:
                 self._firewall(machine, rules[iid])
+            if (machine.spec.memory_mb is not None and not machine.memory_reported
+                    and self.provider.settle(machine)):
+                self.log(f"instance {iid}: /proc/meminfo says {machine.spec.memory_mb} MB")
         if changed:
             self.write_records()
         return changed
@@ -283,10 +289,13 @@ class Watcher:
     def _add(self, want: Wanted, table: str) -> bool:
         name = host_name(want.instance_id)
         offset = int(ipaddress.IPv4Address(want.ip)) - int(self.cloud.subnet.network_address)
+        core = one_core(offset)
+        size = self._resources(want.instance_type)
         spec = machines.MachineSpec(
             name=name, instance_id=want.instance_id, ip=want.ip,
             public_keys=(want.public_key,), user_data=user_data(self.ec2, want.instance_id),
-            core=one_core(offset))
+            core=core, cpus=resources.cpu_list(core, size.cores) if size else None,
+            memory_mb=size.memory_mb if size else None)
         machine = None
         try:
             machine = self.provider.create(spec)
@@ -306,9 +315,19 @@ class Watcher:
             return False
         self._failed_at.pop(want.instance_id, None)
         self.machines[want.instance_id] = machine
+        sized = (f"{size.cores} core(s) ({spec.cpus or spec.core}), {size.memory_mb} MB"
+                 if size else f"core {spec.core}")
         self.log(f"instance {want.instance_id}: booting at {want.ip} (namespace "
-                 f"{machine.namespace}, nspawn pid {machine.pid}, core {spec.core})")
+                 f"{machine.namespace}, nspawn pid {machine.pid}, {want.instance_type}: "
+                 f"{sized})")
         return True
+
+    def _resources(self, instance_type: str) -> resources.Resources | None:
+        """The instance type's cores and memory, scaled to this machine (resources.py)."""
+        if instance_type not in self._sizes:
+            self._sizes[instance_type] = resources.of_type(
+                self.ec2, instance_type, len(os.sched_getaffinity(0)))
+        return self._sizes[instance_type]
 
     def _serve_metadata(self, machine: machines.Machine) -> None:
         """IMDSv2 at 169.254.169.254 inside the machine's namespace (imds.py): its identity

@@ -30,11 +30,11 @@ import yaml
 from conftest import CLOUD_ROOT, PREFIX, REPO, SUBNET, leftovers
 from PIL import Image
 
-from sparkfab import demo_weights, inventory, ports
+from sparkfab import demo_weights, inventory, ports, sizing
 from sparkfab.aws import tags as T
 from sparkfab.aws.iam import names as iam_names
 from sparkfab.aws.keys import key_pair_name
-from sparkfab.localcloud import derived_subnet, machines, netns, target, watcher
+from sparkfab.localcloud import derived_subnet, machines, netns, resources, target, watcher
 from sparkfab.localcloud.hosts import MOTO_CREDENTIALS
 from sparkfab.localcloud.mirror import DEFAULT_OUT as MIRROR_DIR
 
@@ -279,6 +279,12 @@ def _check_provisioned(cloud: Cloud) -> inventory.Inventory:
     assert out.returncode == 0, out.stderr
     alive = [w for w in json.loads(out.stdout)["workers"] if w["state"] == "ALIVE"]
     assert sorted(w["host"] for w in alive) == sorted(n.private_ip for n in inv.workers)
+    # Each worker offers Spark what its node reports: its type (the default m6i.xlarge,
+    # 4 vCPUs, 16 GiB) scaled to this machine (resources.py), less the OS's reserve.
+    node = resources.scaled(4, 16384, len(os.sched_getaffinity(0)), resources.host_memory_mb())
+    offered = sizing.worker_resources(sizing.NodeFacts(node.cores, node.memory_mb, True))
+    assert [(w["cores"], w["memory"]) for w in alive] == \
+        [(offered.cores, offered.memory_mb)] * len(alive)
     return inv
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,8 +16,8 @@ from typing import Any
 import pytest
 from conftest import CLOUD_ROOT, PREFIX, SUBNET, leftovers, operator_ssh_group
 
-from sparkfab import hostkeys
-from sparkfab.localcloud import Keypair, derived_subnet, netns, target, watcher
+from sparkfab import hostkeys, sizing
+from sparkfab.localcloud import Keypair, derived_subnet, netns, resources, target, watcher
 
 pytestmark = pytest.mark.timeout(600)
 PREFIX_W = f"{PREFIX}w4"
@@ -97,6 +98,14 @@ def test_instances_boot_machines_and_moto_follows_their_power(
                        "ip -4 -o addr show dev eth0")
             assert out.returncode == 0, out.stderr
             assert "launched-with-user-data" in out.stdout and f"inet {ip}/" in out.stdout
+        # Each machine is its type's size, scaled (resources.py): m6i.large, 2 vCPUs and
+        # 8 GiB, is 1 core and 2 GiB, as nproc and /proc/meminfo tell on the node.
+        size = resources.scaled(2, 8192, len(os.sched_getaffinity(0)), 24 * 1024)
+        for ip in ips.values():
+            out = _ssh(ip, ssh_keypair.private_key, known, sizing.FACTS_COMMAND)
+            assert out.returncode == 0, out.stderr
+            facts = sizing.NodeFacts.parse(out.stdout)
+            assert (facts.cores, facts.memory_mb) == (size.cores, size.memory_mb)
         # IMDSv2 inside each machine: its own instance id, with a token and not without.
         for iid, ip in ips.items():
             out = _ssh(ip, ssh_keypair.private_key, known, IMDS_INSTANCE_ID)
