@@ -31,7 +31,7 @@ import pytest
 import yaml
 from conftest import CLOUD_ROOT, PREFIX, REPO, SUBNET
 
-from sparkfab import inventory, spark
+from sparkfab import inventory, ports, spark
 from sparkfab.aws import iam as iam_mod
 from sparkfab.aws import tags as T
 from sparkfab.localcloud import derived_subnet, netns, target
@@ -198,6 +198,11 @@ def test_teardown_of_a_leaves_b_untouched_and_running(clusters: Cloud) -> None:
     before = _snapshot(cloud, "b")
     assert [state for _, state, _ in before["instances"]] == ["running"] * 3
     assert _alive(cloud.master_json("b")) == sorted(n.private_ip for n in b.workers)
+    # Each cluster's security group admits its own members only: a's master reaches none
+    # of b's Spark ports (nor SSH: that is the operator's), while b's worker reaches them.
+    b_ports = [(b.master.private_ip, p) for p in (ports.MASTER_RPC, ports.MASTER_UI, 22)]
+    assert _reachable(cloud, "a", a.master.private_ip, b_ports) == []
+    assert _reachable(cloud, "b", b.workers[0].private_ip, b_ports) == b_ports
 
     out = cloud.fab("teardown", "--cluster", "a", "--yes", "--delete-bucket")
     assert f"bucket {a.bucket}: deleted" in out
@@ -210,6 +215,16 @@ def test_teardown_of_a_leaves_b_untouched_and_running(clusters: Cloud) -> None:
         r = cloud.ssh("b", node.private_ip, "cat /proc/loadavg")
         assert r.returncode == 0, f"{node.name}: {r.stderr}"
     assert _alive(cloud.master_json("b")) == sorted(n.private_ip for n in b.workers)
+
+
+def _reachable(cloud: Cloud, cluster: str, ip: str, targets: list[tuple[str, int]]
+               ) -> list[tuple[str, int]]:
+    """Which of `targets` accept a TCP connection from the node at `ip` (2 s each)."""
+    probes = "; ".join(f"timeout 2 bash -c '</dev/tcp/{host}/{port}' 2>/dev/null "
+                       f"&& echo {host}:{port}" for host, port in targets)
+    out = cloud.ssh(cluster, ip, f"{probes}; true")
+    assert out.returncode == 0, out.stderr
+    return [t for t in targets if f"{t[0]}:{t[1]}" in out.stdout.split()]
 
 
 def _submit_app(cloud: Cloud, cluster: str) -> subprocess.Popen[str]:
