@@ -228,8 +228,8 @@ class Watcher:
         states = instance_states(self.ec2, self.cloud.subnet)
         wanted = wanted_instances(self.ec2, self.cloud.subnet, self.log, states)
         groups = firewall.security_groups(self.ec2) if wanted or self.machines else {}
-        rules = {iid: firewall.ruleset(states[iid], groups, firewall.members(states.values()))
-                 for iid in wanted}
+        members = firewall.members(states.values())
+        rules = {iid: firewall.ruleset(states[iid], groups, members) for iid in wanted}
         for iid in [i for i in self.machines if i not in wanted
                     or wanted[i].ip != self.machines[i].spec.ip]:
             state = states.get(iid, {}).get("State", {}).get("Name", "gone")
