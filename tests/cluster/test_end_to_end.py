@@ -132,27 +132,25 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _ssh_argv(cloud: Cloud, inv: inventory.Inventory, ip: str) -> list[str]:
+    """The system ssh to `ip`, trusting only the host keys provision recorded."""
+    return ["ssh", "-i", inv.private_key_path, "-F", "/dev/null", "-o", "BatchMode=yes",
+            "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10",
+            "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", f"UserKnownHostsFile={inventory.known_hosts_path(CLUSTER, cloud.inv_dir)}",
+            f"{inv.ssh_user}@{ip}"]
+
+
 def _ssh(cloud: Cloud, inv: inventory.Inventory, ip: str, command: str
          ) -> subprocess.CompletedProcess[str]:
-    """The system ssh, trusting only the host keys provision recorded."""
-    return subprocess.run(
-        ["ssh", "-i", inv.private_key_path, "-F", "/dev/null", "-o", "BatchMode=yes",
-         "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10",
-         "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null",
-         "-o", f"UserKnownHostsFile={inventory.known_hosts_path(CLUSTER, cloud.inv_dir)}",
-         f"{inv.ssh_user}@{ip}", command],
-        capture_output=True, text=True, timeout=60)
+    return subprocess.run([*_ssh_argv(cloud, inv, ip), command], capture_output=True,
+                          text=True, timeout=60)
 
 
 def _ssh_runner(cloud: Cloud, inv: inventory.Inventory, ip: str) -> netcheck.Runner:
     def run(argv: list[str], stdin: str) -> str:
-        out = subprocess.run(
-            ["ssh", "-i", inv.private_key_path, "-F", "/dev/null", "-o", "BatchMode=yes",
-             "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
-             "-o", "GlobalKnownHostsFile=/dev/null",
-             "-o", f"UserKnownHostsFile={inventory.known_hosts_path(CLUSTER, cloud.inv_dir)}",
-             f"{inv.ssh_user}@{ip}", shlex.join(argv)],
-            input=stdin, capture_output=True, text=True, timeout=60)
+        out = subprocess.run([*_ssh_argv(cloud, inv, ip), shlex.join(argv)], input=stdin,
+                             capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         return out.stdout
     return run
@@ -239,10 +237,14 @@ def _check_no_keys(cloud: Cloud, inv: inventory.Inventory, secrets: list[str]) -
     environment; and the search does find one that a careless hand writes there."""
     workdir = target.workdir_for(PREFIX_E, CLOUD_ROOT)
     t0 = time.monotonic()
-    for node in inv.nodes:
+    def disk_and_processes(node: inventory.Node) -> tuple[Path, Path]:
+        """The machine's upper layer (all it wrote) and its cgroup (all it runs)."""
         name = watcher.host_name(node.instance_id)
-        upper = workdir / "nodes" / name / "upper"
-        cgroup = machines.CGROUP_ROOT / netns.Names(PREFIX_E).namespace(name)
+        return (workdir / "nodes" / name / "upper",
+                machines.CGROUP_ROOT / netns.Names(PREFIX_E).namespace(name))
+
+    for node in inv.nodes:
+        upper, cgroup = disk_and_processes(node)
         assert upper.is_dir() and machines.cgroup_pids(cgroup)
         assert netcheck.key_findings(upper, cgroup, secrets) == [], node.name
     seconds = time.monotonic() - t0
@@ -253,10 +255,7 @@ def _check_no_keys(cloud: Cloud, inv: inventory.Inventory, secrets: list[str]) -
                f"echo {shlex.quote(fake)} | sudo -n tee {leak} >/dev/null")
     assert out.returncode == 0, out.stderr
     try:
-        name = watcher.host_name(master.instance_id)
-        found = netcheck.key_findings(
-            workdir / "nodes" / name / "upper",
-            machines.CGROUP_ROOT / netns.Names(PREFIX_E).namespace(name), secrets)
+        found = netcheck.key_findings(*disk_and_processes(master), secrets)
         assert [f for f in found if f.endswith(leak)], found
     finally:
         _ssh(cloud, inv, master.private_ip, f"sudo -n rm -f {leak}")
