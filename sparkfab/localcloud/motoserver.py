@@ -3,7 +3,9 @@
 moto answers `GetConsoleOutput` with a fixed sample text. Here every node's console (what
 its systemd and cloud-init print, host keys included) is written by the machine provider to
 `<console dir>/<instance id>.log`; this wrapper makes moto's answer that file's tail, so
-provisioning reads host keys from `GetConsoleOutput` exactly as on AWS.
+provisioning reads host keys from `GetConsoleOutput` exactly as on AWS. Its S3
+authorization, once a booted cloud turns IAM authorization on (principals.py), follows AWS
+where moto's does not (awsauth.py).
 
     python -m sparkfab.localcloud.motoserver --console-dir DIR -H IP -p PORT
 """
@@ -14,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
+
+from sparkfab.localcloud import awsauth
 
 # EC2 returns the most recent 64 KiB of console output.
 CONSOLE_TAIL_BYTES = 64 * 1024
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--console-dir", type=Path, required=True)
     args, rest = parser.parse_known_args(argv)
     patch_moto(args.console_dir.resolve())
+    awsauth.patch()
     from moto.server import main as moto_main
 
     moto_main(rest)

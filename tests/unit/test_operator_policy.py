@@ -12,7 +12,8 @@ Where moto differs from AWS, the policy is shown to moto in AWS's terms, and onl
   an IAM action, so on AWS the extra names would grant nothing.
 - moto authorizes IAM calls on a role that does not exist yet, on instance profiles, and
   every SSM call against "*", which no scoped statement matches; here they are checked
-  against the ARN AWS checks (`_aws_resources`), so the policy's scoping is tested too.
+  against the ARN AWS checks (sparkfab/localcloud/awsauth.py, which the booted local
+  cloud's moto_server applies too), so the policy's scoping is tested too.
 - moto never checks some actions at all (`UNCHECKED_BY_MOTO`): iam:PassRole on
   RunInstances, the Tag* implied by creating a tagged role or profile, and the ones whose
   requests moto files under another action.
@@ -42,6 +43,7 @@ from sparkfab.aws.session import AwsSession, aws_errors
 from sparkfab.config import load_settings
 from sparkfab.errors import UserError
 from sparkfab.inventory import ROLE_MASTER
+from sparkfab.localcloud import awsauth
 
 if TYPE_CHECKING:
     from aws_fixtures import Cloud
@@ -95,43 +97,12 @@ def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else value
 
 
-def _iam_resource(self: IamResponse) -> str:
-    """The ARN AWS authorizes an IAM call on: the profile or role it names (with the path
-    it is created under), else "*" (the List calls)."""
-    data, account = self.data, self.current_account
-
-    def param(name: str) -> str | None:
-        value = data.get(name)
-        return value[0] if value else None
-
-    path = param("Path") or "/"
-    if profile := param("InstanceProfileName"):
-        try:
-            return str(self.backend.get_instance_profile(profile).arn)
-        except Exception:  # moto raises its own NotFound; AWS uses the new profile's ARN
-            return f"arn:aws:iam::{account}:instance-profile{path}{profile}"
-    if role := param("RoleName"):
-        try:
-            return str(self.backend.get_role(role).arn)
-        except Exception:
-            return f"arn:aws:iam::{account}:role{path}{role}"
-    return "*"
-
-
-def _ssm_resource(self: SimpleSystemManagerResponse) -> str:
-    name = json.loads(self.body or "{}").get("Name", "")
-    if not name:
-        return "*"
-    owner = "" if name.startswith("/aws/service/") else self.current_account
-    return f"arn:aws:ssm:{self.region}:{owner}:parameter/{name.lstrip('/')}"
-
-
 @pytest.fixture
 def checked(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """AWS's resources for IAM and SSM calls; every (action, resource) moto authorizes."""
-    monkeypatch.setattr(IamResponse, "_determine_resource", _iam_resource, raising=False)
-    monkeypatch.setattr(SimpleSystemManagerResponse, "_determine_resource", _ssm_resource,
-                        raising=False)
+    monkeypatch.setattr(IamResponse, "_determine_resource", awsauth.iam_resource, raising=False)
+    monkeypatch.setattr(SimpleSystemManagerResponse, "_determine_resource",
+                        awsauth.ssm_resource, raising=False)
     seen: list[tuple[str, str]] = []
     real = IAMRequestBase.check_action_permitted
 
