@@ -125,7 +125,7 @@ class Settings:
         "bucket) or a mirror base URL"))
     local_cloud: str | None = field(default=None, metadata=_doc(
         "set only by `fab local-cloud-up`: the local cloud's directory; sparkfab then "
-        "signs its calls to moto with dummy credentials, takes the nodes' host keys from "
+        "signs its calls to moto as the cloud's operator (moto's keys), takes the nodes' host keys from "
         "the cloud's records and never powers a node off"))
 
     @property

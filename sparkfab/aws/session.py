@@ -191,12 +191,14 @@ def _boto_session(profile: str | None, region: str) -> boto3.Session:
 
 
 @cache
-def _local_cloud_session(region: str) -> boto3.Session:
-    # The local cloud's moto accepts any key: sign with its dummies, so a real key from the
-    # user's chain is never sent there.
-    from sparkfab.localcloud.hosts import MOTO_CREDENTIALS
+def _local_cloud_session(region: str, cloud_dir: str) -> boto3.Session:
+    # Sign as the local cloud's operator, who holds exactly the shipped operator policy
+    # (principals.py; moto's dummies where the cloud has no IAM authorization), so a real
+    # key from the user's chain is never sent there.
+    from sparkfab.localcloud import principals
 
-    return boto3.Session(region_name=region, **MOTO_CREDENTIALS)
+    return boto3.Session(region_name=region,
+                         **principals.credentials(cloud_dir, principals.OPERATOR))
 
 
 def forget_sessions() -> None:
@@ -212,7 +214,8 @@ class AwsSession:
         self.settings = settings
         self.region = require_eu(settings.region)
         with aws_errors(self.region, "opening the AWS session"):
-            self._session = (_local_cloud_session(self.region) if settings.local_cloud
+            self._session = (_local_cloud_session(self.region, settings.local_cloud)
+                             if settings.local_cloud
                              else _boto_session(settings.aws_profile, self.region))
         self._clients: dict[str, Any] = {}
 

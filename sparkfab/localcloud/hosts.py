@@ -50,8 +50,9 @@ BOOT_TIMEOUT_S = 15.0
 # moto_server imports all of moto first: ~3 s idle, over 15 s while nodes install beside it.
 MOTO_START_TIMEOUT_S = 90.0
 LOCAL_REGION = "eu-west-3"  # what moto is asked for; EU like every sparkfab region
-# moto accepts any credentials: these dummies mean a real key is never sent to it. Nodes get
-# them through the environment only, never in a file.
+# moto without IAM authorization accepts any credentials: these dummies mean a real key is
+# never sent to it. A booted cloud turns authorization on, and its callers sign as moto
+# principals instead (principals.py).
 MOTO_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 _HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
@@ -343,8 +344,10 @@ class LocalCloud:
 
         if self.moto_endpoint is None:
             raise RuntimeError("call start_moto() first")
+        from sparkfab.localcloud import principals
+
         return boto3.client("s3", endpoint_url=self.moto_endpoint, region_name=region,
-                            **MOTO_CREDENTIALS)
+                            **principals.credentials(self.workdir, principals.ADMIN))
 
     @property
     def moto_pid(self) -> int | None:

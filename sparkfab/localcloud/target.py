@@ -10,8 +10,9 @@ there; with `SPARKFAB_CONFIG` naming it, `fab provision / upload-data / run-job 
 teardown` run unchanged.
 
 In such settings `local_cloud` names the cloud's directory: sparkfab then signs its moto
-calls with dummy credentials (a real key is never sent to moto). Everything else is as on
-AWS: host keys come from the instances' console output, the nodes log in as `admin`, and
+calls as the cloud's operator, a moto user holding exactly the shipped operator policy
+(principals.py: moto's IAM authorization is on, so IAM decides, and a real key is never
+sent to moto). Everything else is as on AWS: host keys come from the instances' console output, the nodes log in as `admin`, and
 a node powering itself off stops or terminates its instance.
 """
 
@@ -36,7 +37,7 @@ from sparkfab import inventory
 from sparkfab.aws import storage
 from sparkfab.errors import UserError
 from sparkfab.localcloud import netns, watcher
-from sparkfab.localcloud.hosts import MOTO_CREDENTIALS, sweep
+from sparkfab.localcloud.hosts import sweep
 from sparkfab.localcloud.image import (
     DEFAULT_USER,
     NODE_PYTHON,
@@ -85,8 +86,10 @@ class CloudInfo:
     def client(self, service: str) -> Any:
         import boto3
 
+        from sparkfab.localcloud import principals
+
         return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region,
-                            **MOTO_CREDENTIALS)
+                            **principals.credentials(self.workdir, principals.ADMIN))
 
 
 def workdir_for(prefix: str, root: Path = ROOT) -> Path:

@@ -53,8 +53,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sparkfab.localcloud import firewall, imds, machines, nat, resources
-from sparkfab.localcloud.hosts import LOCAL_REGION, MOTO_CREDENTIALS, LocalCloud, one_core
+from sparkfab.localcloud import firewall, imds, machines, nat, principals, resources
+from sparkfab.localcloud.hosts import LOCAL_REGION, LocalCloud, one_core
 from sparkfab.localcloud.image import ensure_image
 
 POLL_S = 0.5
@@ -377,15 +377,17 @@ class Watcher:
         write_atomic(workdir / HOSTS_FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
-def moto_client(service: str, endpoint: str, region: str = LOCAL_REGION) -> Any:
+def moto_client(service: str, endpoint: str, workdir: Path, region: str = LOCAL_REGION) -> Any:
+    """A client signed as the cloud's admin (principals.py): the hypervisor and EC2's
+    metadata service, which on AWS are not IAM callers at all."""
     import boto3
 
     return boto3.client(service, endpoint_url=endpoint, region_name=region,
-                        **MOTO_CREDENTIALS)
+                        **principals.credentials(workdir, principals.ADMIN))
 
 
-def moto_ec2(endpoint: str, region: str = LOCAL_REGION) -> Any:
-    return moto_client("ec2", endpoint, region)
+def moto_ec2(endpoint: str, workdir: Path, region: str = LOCAL_REGION) -> Any:
+    return moto_client("ec2", endpoint, workdir, region)
 
 
 class _Log:
@@ -424,12 +426,14 @@ def run(prefix: str, subnet: str, workdir: Path, *, port: int | None = None,
     watcher: Watcher | None = None
     try:
         endpoint = cloud.start_moto(port, console_dir=workdir / CONSOLE_DIR)
+        principals.enable(endpoint, workdir)  # IAM decides from here on, before any node
         provider = machines.NspawnProvider(
             image, workdir, cloud.names, cloud.bridge_ip, cloud.subnet.prefixlen,
             workdir / CONSOLE_DIR, int(cloud.subnet.network_address))
-        watcher = Watcher(cloud, moto_ec2(endpoint), provider, log, deleter,
-                          metadata_clients=(moto_ec2(endpoint), moto_client("iam", endpoint),
-                                            moto_client("sts", endpoint)))
+        watcher = Watcher(cloud, moto_ec2(endpoint, workdir), provider, log, deleter,
+                          metadata_clients=(moto_ec2(endpoint, workdir),
+                                            moto_client("iam", endpoint, workdir),
+                                            moto_client("sts", endpoint, workdir)))
         watcher.write_records()
         write_atomic(workdir / CLOUD_FILE, json.dumps({
             "prefix": prefix, "subnet": str(cloud.subnet), "bridge_ip": cloud.bridge_ip,
@@ -470,6 +474,7 @@ def run(prefix: str, subnet: str, workdir: Path, *, port: int | None = None,
 def _clear(workdir: Path) -> None:
     for name in (CLOUD_FILE, HOSTS_FILE, PID_FILE):
         (workdir / name).unlink(missing_ok=True)
+    principals.forget(workdir)
     shutil.rmtree(workdir / CONSOLE_DIR, ignore_errors=True)
 
 

@@ -34,8 +34,16 @@ from sparkfab import demo_weights, inventory, ports, sizing
 from sparkfab.aws import tags as T
 from sparkfab.aws.iam import names as iam_names
 from sparkfab.aws.keys import key_pair_name
-from sparkfab.localcloud import derived_subnet, machines, netns, resources, target, watcher
-from sparkfab.localcloud.hosts import MOTO_CREDENTIALS
+from sparkfab.layout import Layout
+from sparkfab.localcloud import (
+    derived_subnet,
+    machines,
+    netns,
+    principals,
+    resources,
+    target,
+    watcher,
+)
 from sparkfab.localcloud.mirror import DEFAULT_OUT as MIRROR_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -66,7 +74,8 @@ class Cloud:
 
     def client(self, service: str):  # noqa: ANN201 (a boto3 client)
         return boto3.client(service, endpoint_url=str(self.settings["endpoint_url"]),
-                            region_name=str(self.settings["region"]), **MOTO_CREDENTIALS)
+                            region_name=str(self.settings["region"]),
+                            **principals.credentials(target.workdir_for(PREFIX_E, CLOUD_ROOT)))
 
 
 def _ok(out: subprocess.CompletedProcess[str], what: str) -> str:
@@ -232,6 +241,60 @@ def _imds_credentials(cloud: Cloud, inv: inventory.Inventory) -> list[str]:
     return [doc["AccessKeyId"], doc["SecretAccessKey"], doc["Token"]]
 
 
+# Run on a node by its job's Python: boto3 with the node's own credentials (IMDS), each
+# request's outcome as one word, in order.
+IAM_PROBE = """
+import sys, boto3
+from botocore.exceptions import ClientError
+bucket, other, endpoint, region = sys.argv[1:5]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name=region)
+def outcome(call, **kw):
+    try:
+        call(**kw)
+        return "allowed"
+    except ClientError as exc:
+        return exc.response["Error"]["Code"]
+print(outcome(s3.put_object, Bucket=bucket, Key="runs/iam-probe/ok", Body=b"ok"),
+      outcome(s3.put_object, Bucket=bucket, Key="sparkfab/artifacts/iam-probe", Body=b"x"),
+      outcome(s3.list_objects_v2, Bucket=other),
+      outcome(s3.put_object, Bucket=other, Key="iam-probe", Body=b"x"))
+"""
+ALLOWED_BY_THE_ROLE = ["allowed", "AccessDenied", "AccessDenied", "AccessDenied"]
+
+
+def _check_iam_decides(cloud: Cloud, inv: inventory.Inventory) -> None:
+    """IAM decides what a node may do: its role writes its data, not the staged artifacts,
+    not another bucket; and widening the role's policy is seen (then undone)."""
+    s3, iam = cloud.client("s3"), cloud.client("iam")
+    other = f"{inv.bucket}-other"
+    s3.create_bucket(Bucket=other, CreateBucketConfiguration={
+        "LocationConstraint": str(cloud.settings["region"])})
+    python = f"{Layout().python_env}/bin/python"
+    argv = [python, "-", inv.bucket, other, str(cloud.settings["endpoint_url"]),
+            str(cloud.settings["region"])]
+    run = _ssh_runner(cloud, inv, inv.master.private_ip)
+    role = iam_names(CLUSTER).role
+    try:
+        assert run(argv, IAM_PROBE).split() == ALLOWED_BY_THE_ROLE
+        wide = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_role_policy(RoleName=role, PolicyName="widened", PolicyDocument=json.dumps(wide))
+        try:
+            widened = run(argv, IAM_PROBE).split()
+        finally:
+            iam.delete_role_policy(RoleName=role, PolicyName="widened")
+        # The explicit Deny on the artifacts still wins; the other bucket opens.
+        assert widened == ["allowed", "AccessDenied", "allowed", "allowed"]
+        assert run(argv, IAM_PROBE).split() == ALLOWED_BY_THE_ROLE
+    finally:
+        s3.delete_object(Bucket=other, Key="iam-probe")
+        s3.delete_bucket(Bucket=other)
+        s3.delete_object(Bucket=inv.bucket, Key="runs/iam-probe/ok")
+    print(f"\nfigure: IAM decides: the node role {role} writes runs/, is denied "
+          f"sparkfab/artifacts/ and bucket {other}; with s3:* added to the role, {other} "
+          f"opened ({' '.join(widened)}), and closed again once removed")
+
+
 def _check_no_keys(cloud: Cloud, inv: inventory.Inventory, secrets: list[str]) -> None:
     """No AWS key on any node: not in a file any of them wrote, not in a process's
     environment; and the search does find one that a careless hand writes there."""
@@ -352,6 +415,7 @@ def test_provision_run_job_teardown_as_a_user_types_them(
         assert manifest["weights"]["spec"].startswith(f"s3a://{bucket}/sparkfab/weights/")
         _check_security_groups(cloud, inv)
         _check_no_keys(cloud, inv, _imds_credentials(cloud, inv))
+        _check_iam_decides(cloud, inv)
     else:
         assert manifest["pca"]["k"] == 3
 

@@ -34,8 +34,7 @@ from conftest import CLOUD_ROOT, PREFIX, REPO, SUBNET
 from sparkfab import inventory, ports, spark
 from sparkfab.aws import iam as iam_mod
 from sparkfab.aws import tags as T
-from sparkfab.localcloud import derived_subnet, netns, target
-from sparkfab.localcloud.hosts import MOTO_CREDENTIALS
+from sparkfab.localcloud import derived_subnet, netns, principals, target
 from sparkfab.localcloud.mirror import DEFAULT_OUT as MIRROR_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -76,7 +75,8 @@ class Cloud:
 
     def client(self, service: str) -> Any:
         return boto3.client(service, endpoint_url=str(self.settings["endpoint_url"]),
-                            region_name=str(self.settings["region"]), **MOTO_CREDENTIALS)
+                            region_name=str(self.settings["region"]),
+                            **principals.credentials(str(self.settings["local_cloud"])))
 
     def inventory(self, cluster: str) -> inventory.Inventory:
         inv = inventory.load(cluster, self.inv_dir)
