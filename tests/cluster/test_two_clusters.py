@@ -33,6 +33,7 @@ from conftest import CLOUD_ROOT, PREFIX, REPO, SUBNET
 
 from sparkfab import inventory, ports, spark
 from sparkfab.aws import iam as iam_mod
+from sparkfab.aws import operator_policy
 from sparkfab.aws import tags as T
 from sparkfab.localcloud import derived_subnet, netns, principals, target
 from sparkfab.localcloud.mirror import DEFAULT_OUT as MIRROR_DIR
@@ -183,8 +184,14 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
 @pytest.fixture(scope="module")
 def clusters(cloud: Cloud) -> Cloud:
     """`a`: 1 worker, not installed, a bucket of its own; `b`: 2 workers, installed."""
+    bucket = f"{PREFIX_T}-a-data"
+    # A name outside sparkfab's: the operator needs the policy for it, as a user on AWS
+    # attaches what `fab operator-policy --bucket NAME` prints (IAM decides in this cloud).
+    cloud.client("iam").put_user_policy(
+        UserName=principals.OPERATOR, PolicyName=f"sparkfab-bucket-{bucket}",
+        PolicyDocument=json.dumps(operator_policy.document(bucket)))
     cloud.fab("provision", "--cluster", "a", "--workers", "1", "--no-install",
-              "--bucket", f"{PREFIX_T}-a-data")
+              "--bucket", bucket)
     cloud.fab("provision", "--cluster", "b", "--workers", "2")
     assert len(_namespaces()) == 5
     return cloud
