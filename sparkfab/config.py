@@ -125,8 +125,8 @@ class Settings:
         "bucket) or a mirror base URL"))
     local_cloud: str | None = field(default=None, metadata=_doc(
         "set only by `fab local-cloud-up`: the local cloud's directory; sparkfab then "
-        "signs its calls to moto as the cloud's operator (moto's keys), takes the nodes' host keys from "
-        "the cloud's records and never powers a node off"))
+        "signs its calls to moto as the cloud's operator (moto's keys), takes the nodes' "
+        "host keys from the cloud's records and never powers a node off"))
 
     @property
     def public_key_file(self) -> Path:

@@ -12,8 +12,9 @@ teardown` run unchanged.
 In such settings `local_cloud` names the cloud's directory: sparkfab then signs its moto
 calls as the cloud's operator, a moto user holding exactly the shipped operator policy
 (principals.py: moto's IAM authorization is on, so IAM decides, and a real key is never
-sent to moto). Everything else is as on AWS: host keys come from the instances' console output, the nodes log in as `admin`, and
-a node powering itself off stops or terminates its instance.
+sent to moto). Everything else is as on AWS: host keys come from the instances' console
+output, the nodes log in as `admin`, and a node powering itself off stops or terminates
+its instance.
 """
 
 from __future__ import annotations
