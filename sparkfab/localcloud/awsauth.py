@@ -79,8 +79,11 @@ def presigned_request_class() -> type:
             self.account_id = account_id
             self._method, self._path, self._data = method, path, data
             self._body, self._headers = body, headers
-            key_id, _date, self._region, self._service, _ = self._param(
-                "X-Amz-Credential").split("/")
+            try:
+                key_id, _date, self._region, self._service, _ = self._param(
+                    "X-Amz-Credential").split("/")
+            except ValueError:  # not KEY/DATE/REGION/SERVICE/aws4_request
+                raise S3AccessDeniedError() from None
             self._action = f"{self._service}:{action[0] if isinstance(action, list) else action}"
             token = self._query.get("X-Amz-Security-Token")
             try:
@@ -194,7 +197,7 @@ def _deleted_keys(body: bytes) -> list[str]:
 
 
 def patch() -> None:
-    """Give moto_server's S3 authorization AWS's semantics (see the module's docstring)."""
+    """Give moto_server's authorization AWS's semantics (see the module's docstring)."""
     import moto.iam.access_control as access_control
     from moto.iam.responses import IamResponse
     from moto.s3 import responses

@@ -140,6 +140,8 @@ def test_a_presigned_url_is_checked_for_signature_expiry_and_policy(
     assert _http_status(url.split("?", 1)[0]) == 403  # no signature at all
     tampered = url.replace("spark.tgz", "spark.tgz.other")
     assert _http_status(tampered) == 403
+    mangled = url.replace("X-Amz-Credential=", "X-Amz-Credential=x%2F")
+    assert _http_status(mangled) == 403  # a malformed credential scope, not a 500
     past = s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": key},
                                      ExpiresIn=1)
     signed_at = past.split("X-Amz-Date=", 1)[1][:16]
