@@ -16,13 +16,12 @@ checked against it too.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sparkfab import artifacts
+from sparkfab import artifacts, private_json
 from sparkfab import inventory as inv_mod
 from sparkfab.artifacts import Mirror
 from sparkfab.errors import UserError
@@ -55,13 +54,7 @@ def pin(bucket: str, mirror: Mirror, directory: Path | None = None) -> Path:
     doc = {"bucket": bucket, "prefix": artifacts.STAGE_PREFIX,
            "pinned_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
            **_pinned_view(mirror)}
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return path
+    return private_json.write(path, doc)
 
 
 def load(bucket: str, directory: Path | None = None) -> dict[str, Any] | None:

@@ -11,6 +11,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sparkfab import private_json
+
 INVENTORY_DIR = Path(os.environ.get("SPARKFAB_INVENTORY_DIR", "inventory"))
 ROLE_MASTER = "master"
 ROLE_WORKER = "worker"
@@ -87,15 +89,7 @@ def known_hosts_path(cluster: str, directory: Path | None = None) -> Path:
 def save(inv: Inventory, directory: Path | None = None) -> Path:
     path = path_for(inv.cluster, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    # Created 0600 from the start: the file holds the Spark secret.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(inv.to_dict(), fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return path
+    return private_json.write(path, inv.to_dict())  # it holds the Spark secret
 
 
 def load(cluster: str, directory: Path | None = None) -> Inventory | None:

@@ -19,12 +19,13 @@ MOTO_CREDENTIALS.
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from sparkfab import private_json
 from sparkfab.aws import operator_policy
+from sparkfab.aws.iam import IAM_PATH
 from sparkfab.localcloud.hosts import LOCAL_REGION, MOTO_CREDENTIALS
 
 CREDENTIALS_FILE = "moto-credentials.json"
@@ -48,7 +49,7 @@ def credentials(workdir: Path | str | None, who: str = ADMIN) -> dict[str, str]:
             "aws_secret_access_key": doc[who]["aws_secret_access_key"]}
 
 
-def enable(endpoint: str, workdir: Path, region: str = LOCAL_REGION) -> dict[str, Any]:
+def enable(endpoint: str, workdir: Path, region: str = LOCAL_REGION) -> None:
     """Create the admin and the operator in moto, write their keys, turn authorization on.
 
     Must run before anything else uses the cloud: until the switch moto allows everything.
@@ -58,24 +59,18 @@ def enable(endpoint: str, workdir: Path, region: str = LOCAL_REGION) -> dict[str
     iam = boto3.client("iam", endpoint_url=endpoint, region_name=region, **MOTO_CREDENTIALS)
     doc: dict[str, Any] = {}
     for user, policy in ((ADMIN, _ADMIN_POLICY), (OPERATOR, operator_policy.document())):
-        iam.create_user(UserName=user, Path="/sparkfab/")
+        iam.create_user(UserName=user, Path=IAM_PATH)
         iam.put_user_policy(UserName=user, PolicyName=user, PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName=user)["AccessKey"]
         doc[user] = {"aws_access_key_id": key["AccessKeyId"],
                      "aws_secret_access_key": key["SecretAccessKey"]}
-    path = workdir / CREDENTIALS_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh)
-    os.replace(tmp, path)
+    private_json.write(workdir / CREDENTIALS_FILE, doc)
     # Not a form: moto reads the raw body, which Flask keeps only for other content types.
     request = urllib.request.Request(endpoint + "/moto-api/reset-auth", data=b"0",
                                      method="POST", headers={"Content-Type": "text/plain"})
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(request, timeout=30) as reply:
         reply.read()
-    return doc
 
 
 def forget(workdir: Path) -> None:

@@ -71,11 +71,9 @@ def node(moto: dict[str, Any]) -> dict[str, str]:
         admin_s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={
             "LocationConstraint": LOCAL_REGION})
     admin_s3.put_object(Bucket=BUCKET, Key=ARTIFACTS + "spark.tgz", Body=b"spark")
-    trust = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
-        "Action": "sts:AssumeRole"}]}
-    role = iam.create_role(RoleName="sparkfab-authz-node", Path="/sparkfab/",
-                           AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+    role = iam.create_role(RoleName="sparkfab-authz-node", Path=node_iam.IAM_PATH,
+                           AssumeRolePolicyDocument=json.dumps(
+                               node_iam.ASSUME_ROLE_POLICY))["Role"]
     iam.put_role_policy(RoleName=role["RoleName"], PolicyName="s3",
                         PolicyDocument=json.dumps(node_iam.bucket_policy(BUCKET)))
     got = _as(moto, "sts", principals.ADMIN).assume_role(
@@ -117,10 +115,8 @@ def test_the_operator_holds_the_shipped_policy_and_nothing_more(moto: dict[str, 
                                                                  node: dict[str, str]) -> None:
     iam = _as(moto, "iam", principals.OPERATOR)
     # In the policy: sparkfab's own role path; outside it: any other role.
-    trust = json.dumps({"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
-        "Action": "sts:AssumeRole"}]})
-    iam.create_role(RoleName="sparkfab-authz-op", Path="/sparkfab/",
+    trust = json.dumps(node_iam.ASSUME_ROLE_POLICY)
+    iam.create_role(RoleName="sparkfab-authz-op", Path=node_iam.IAM_PATH,
                     AssumeRolePolicyDocument=trust)
     assert _denied(iam.create_role, RoleName="someone-else", Path="/",
                    AssumeRolePolicyDocument=trust) == "AccessDenied"
