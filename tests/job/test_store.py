@@ -15,7 +15,7 @@ import store
 pytestmark = pytest.mark.slow
 
 ODD_NAMES = ["a/plain.jpg", "café au lait/ä b.JPG", "x/a [1]%20.png", "x/semi; colon=1.jpg",
-             "y/plain.jpg"]
+             "y/plain.jpg", "q/it's a \\' quote.jpg"]
 
 
 def _files(spark, root: Path):
@@ -53,7 +53,8 @@ def test_select_files_reads_only_the_wanted_files(spark, tmp_path: Path) -> None
     os.utime(twin, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     files = _files(spark, tmp_path)
     listed = {f.path: f for f in store.list_index(files)}
-    wanted = [listed[f"file:{tmp_path}/{n}"] for n in ("a/plain.jpg", "x/a [1]%20.png")]
+    wanted = [listed[f"file:{tmp_path}/{n}"] for n in ("a/plain.jpg", "x/a [1]%20.png",
+                                                        ODD_NAMES[-1])]
     selected = store.select_files(files, wanted).select("path", "content")
     rows = selected.collect()
     assert sorted(r["path"] for r in rows) == sorted(f.path for f in wanted)
@@ -69,7 +70,7 @@ def test_select_files_reads_only_the_wanted_files(spark, tmp_path: Path) -> None
             walk(children.next())
 
     walk(plan)
-    assert read == [3]  # the two wanted files and the twin, of seven
+    assert read == [4]  # the three wanted files and the twin, of eight
 
 
 def _rows(spark, paths: list[str], value: float, error_at: int | None = None):
