@@ -22,6 +22,7 @@ import engines
 import images
 import numpy as np
 import pandas as pd
+import zipimport_cache
 
 FEATURE_DIM = 1280  # MobileNetV2 alpha 1.0, global average pooling
 # Images per model call. Small batches keep MobileNetV2's activations in the CPU caches:
@@ -186,13 +187,15 @@ def new_broadcast_id() -> str:
 
 def make_warm_up_udf(engine: str) -> Any:
     """A pandas UDF that starts a Python worker ready for make_udf's UDF: the job's
-    modules, pandas, Arrow, Pillow and the engine's runtime imported. It needs no model,
+    modules, pandas, Arrow, Pillow and the engine's runtime imported, and its later tasks
+    spared re-reading pyspark.zip (zipimport_cache). It needs no model,
     so it runs while the driver still prepares one; the model is built from the
     broadcast by the first featurize batch (an ONNX session: ~0.1 s)."""
     from pyspark.sql.functions import pandas_udf
 
     @pandas_udf("long")  # type: ignore[call-overload]
     def warm_up(ids: pd.Series) -> pd.Series:
+        zipimport_cache.install()  # for the tasks this worker runs next
         engines.import_runtime(engine)
         return ids
 
@@ -214,6 +217,7 @@ def make_udf(
 
     @pandas_udf(RESULT_SCHEMA)  # type: ignore[call-overload]
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        zipimport_cache.install()  # where the warm-up ran elsewhere
         infer = _infer_fn(bc_model, bc_id, engine, input_size, tf_threads, builds)
         # Decode the next batch on a thread while the model runs this one: Pillow releases
         # the GIL.

@@ -35,8 +35,9 @@ import images
 import outputs
 import reduce
 import store
+import zipimport_cache
 
-JOB_MODULES = (images, engines, featurize, reduce, outputs, store)
+JOB_MODULES = (images, engines, featurize, reduce, outputs, store, zipimport_cache)
 DEFAULT_VARIANCE = 0.95
 # Each file counts as this many bytes when Spark packs files into partitions: large next
 # to an image, so partitions hold similar numbers of images (the cost is per image).
