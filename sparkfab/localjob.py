@@ -84,6 +84,10 @@ LOCAL_SPARK_CONF = {
     "spark.driver.host": "127.0.0.1",
     "spark.ui.enabled": "false",
     "spark.log.level": "WARN",
+    # Only the JIT's quick tier: its optimising compiler took a core from the Python
+    # workers' inference for most of a short run (bench/incremental.py: run 1's featurize
+    # stage 14.4 s with this, 18-20 s without, on 2 cores).
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
 }
 
 
