@@ -253,14 +253,10 @@ class FeatureStore:
 
     def _read_keys(self, batches: list[str]) -> list[tuple[str, int, int, str, bool]]:
         """The keys of `batches`, read from their Parquet files (a Spark job)."""
-        from pyspark.sql import functions as F
-
         if not batches:
             return []
         return [(r["path"], int(r["size"]), int(r["mtime_ms"]), r["batch"], bool(r["ok"]))
-                for r in self._read(batches).select(
-                    "path", "size", "mtime_ms", "batch", F.col("error").isNull().alias("ok"))
-                .collect()]
+                for r in self._read(batches).select(*_key_columns(), "batch").collect()]
 
     def append(self, rows: Any, batch: str, info: dict[str, Any]) -> dict[Key, Stored]:
         """Write `rows` (a DataFrame in SCHEMA's columns) as batch `batch`, then commit it;
@@ -277,9 +273,8 @@ class FeatureStore:
         written = Observation(f"feature-store-keys-{batch}")
         try:
             (rows.select("path", "size", "mtime_ms", "features", "error")
-             .observe(written, F.to_json(F.collect_list(F.struct(
-                 "path", "size", "mtime_ms", F.col("error").isNull().alias("ok"))))
-                 .alias("keys"))
+             .observe(written, F.to_json(F.collect_list(F.struct(*_key_columns())))
+                      .alias("keys"))
              .write.parquet(tmp))
             self.files.rename(tmp, final)
         except BaseException:
@@ -313,6 +308,13 @@ class FeatureStore:
         summary = self.files.fs.getContentSummary(self.files._path(self.files.base))
         return {"images": len(keys), "batches": len(self.committed()),
                 "bytes": int(summary.getLength())}
+
+
+def _key_columns() -> list[Any]:
+    """What a key file holds of a row: its key, and whether the image was good."""
+    from pyspark.sql import functions as F
+
+    return ["path", "size", "mtime_ms", F.col("error").isNull().alias("ok")]
 
 
 def _key_file(batch: str) -> str:
