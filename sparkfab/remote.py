@@ -197,6 +197,10 @@ class Remote:
             )
         self._checked = True
 
+    def _known_hosts_stamp(self) -> tuple[int, int]:
+        st = self.known_hosts.stat()
+        return st.st_mtime_ns, st.st_size
+
     def _new_connection(self, node: Node) -> Connection:
         # No ssh_config (a user's `ForwardAgent yes` or ProxyCommand never reaches a node),
         # and no agent: neither used for auth nor forwarded.
@@ -239,6 +243,7 @@ class Remote:
         start = time.monotonic()
         delay = BACKOFF_FIRST_S
         while True:
+            loaded = self._known_hosts_stamp()
             conn = self._new_connection(node)
             try:
                 conn.open()
@@ -260,6 +265,12 @@ class Remote:
                 raise self._auth_error(node) from None
             except paramiko.SSHException as exc:
                 if "not found in known_hosts" in str(exc):
+                    # A connect can outlast the file's reading: a TCP handshake to a host
+                    # still booting waits seconds, while provision records its key. Read
+                    # again what was recorded meanwhile before refusing it as unknown.
+                    if (self._known_hosts_stamp() != loaded
+                            and time.monotonic() - start < self.boot_deadline_s):
+                        continue
                     raise SshError(
                         f"{node.name} ({addr}): no host key recorded for it in "
                         f"{self.known_hosts}; refusing to trust an unknown key",

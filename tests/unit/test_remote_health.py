@@ -107,6 +107,50 @@ def test_missing_known_hosts_is_refused_before_connecting(tmp_path: Path) -> Non
     assert not result.ok and "no known_hosts file" in result.error
 
 
+class _UnknownKeyConn:
+    """A connection whose host key is missing from known_hosts at its first open; the
+    `record` callable runs during that open, as provision records a key mid-connect."""
+
+    def __init__(self, record) -> None:  # noqa: ANN001
+        self.record = record
+
+    def open(self) -> None:
+        self.record()
+        raise paramiko.SSHException("Server '10.0.0.10' not found in known_hosts")
+
+
+def test_a_host_key_recorded_during_the_connect_is_read_before_refusing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _key(tmp_path / "id")
+    inv = _inv(tmp_path)
+    kh = tmp_path / "known_hosts"
+    kh.write_text("")
+    remote = r.Remote(inv, known_hosts=kh, out=None)
+    opened = SimpleNamespace(open=lambda: None, is_connected=True)
+    attempts: list[str] = []
+
+    def new_connection(node: Node):  # noqa: ANN202
+        attempts.append(kh.read_text())
+        if len(attempts) == 1:  # the key lands while the first handshake is under way
+            return _UnknownKeyConn(lambda: kh.write_text("10.0.0.10 ssh-ed25519 AAAA\n"))
+        if len(attempts) == 2:
+            return opened
+        raise AssertionError("a third connection")
+
+    monkeypatch.setattr(remote, "_new_connection", new_connection)
+    assert remote.connection(inv.master) is opened
+    assert attempts == ["", "10.0.0.10 ssh-ed25519 AAAA\n"]
+
+    # A key that stays unknown is refused at once, not retried.
+    kh2 = tmp_path / "known_hosts2"
+    kh2.write_text("")
+    still = r.Remote(inv, known_hosts=kh2, out=None)
+    monkeypatch.setattr(still, "_new_connection", lambda node: _UnknownKeyConn(lambda: None))
+    with pytest.raises(r.SshError, match="refusing to trust an unknown key"):
+        still.connection(inv.master)
+
+
 def test_boot_errors_are_retried_but_not_others() -> None:
     refused = paramiko.ssh_exception.NoValidConnectionsError(
         {("10.0.0.1", 22): ConnectionRefusedError(111, "refused")})
