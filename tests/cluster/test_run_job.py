@@ -1,8 +1,9 @@
-"""`fab run-job` end to end on a local cloud: 1 master + 2 workers installed from staged
-artifacts, images uploaded with upload-data to moto S3, the job read and written via s3a.
+"""`fab run-job` end to end on the suite's shared cluster (conftest's spark_cluster: 1 master
++ 2 workers installed from staged artifacts), images uploaded with upload-data to moto S3,
+the job read and written via s3a.
 
-Slow (an install plus TensorFlow runs on shared cores): one installed cluster for the
-module, few small images, and partitions of a few images so both workers get tasks.
+Slow (TensorFlow runs on shared cores): few small images, and partitions of a few images
+so both workers get tasks.
 """
 
 from __future__ import annotations
@@ -11,25 +12,22 @@ import io
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from conftest import SHARED_BUCKET, SHARED_CLUSTER, InstalledCluster
 
 from sparkfab import demo_weights, inventory, s3path, samples, spark, submit, transfer
 from sparkfab.errors import UserError
-from sparkfab.install import install_cluster, plan_from
 from sparkfab.inventory import Inventory
-from sparkfab.localcloud import Keypair, LocalCloud, inventory_for
-from sparkfab.localcloud.hosts import LOCAL_REGION
+from sparkfab.localcloud import LocalCloud
 from sparkfab.remote import Remote
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = REPO / demo_weights.DEFAULT_OUT
 CLASSES = sorted(samples.CLASSES)[:3]
-BUCKET = "t5-data"
+BUCKET = SHARED_BUCKET
 PER_CLASS = 5
 # Small batches and partitions: tasks for both workers even with a few images.
 JOB_ARGS = ("--weights", str(WEIGHTS), "--k", "3", "--batch-size", "4",
@@ -37,33 +35,16 @@ JOB_ARGS = ("--weights", str(WEIGHTS), "--k", "3", "--batch-size", "4",
 
 
 @pytest.fixture(scope="module")
-def cluster(local_cloud: LocalCloud, ssh_keypair: Keypair, staged_artifacts,
-            mirror, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inventory]:
-    """The module's cloud, installed and running Spark, with its data bucket."""
+def local_cloud(spark_cluster: InstalledCluster) -> LocalCloud:
+    return spark_cluster.cloud
+
+
+@pytest.fixture(scope="module")
+def cluster(spark_cluster: InstalledCluster, shared_inventory_dir: Path) -> Inventory:
+    """The shared installed cluster, running Spark, with its data bucket."""
     if not WEIGHTS.exists():  # `make test` builds them first; a bare pytest run still works
         demo_weights.build(WEIGHTS)
-    inv_dir = tmp_path_factory.mktemp("inventory")
-    old_dir = inventory.INVENTORY_DIR
-    inventory.INVENTORY_DIR = inv_dir
-    try:
-        s3 = local_cloud.s3_client()
-        s3.create_bucket(Bucket=BUCKET,
-                         CreateBucketConfiguration={"LocationConstraint": LOCAL_REGION})
-        hosts = [local_cloud.hosts[n] for n in ("master", "worker-1", "worker-2")]
-        inv = inventory_for(local_cloud, hosts, "t5", bucket=BUCKET,
-                            private_key_path=str(ssh_keypair.private_key))
-        inventory.save(inv)
-        inventory.known_hosts_path("t5").write_text(local_cloud.known_hosts())
-        # One core per worker: lean on shared CI cores, and still two executors.
-        settings = SimpleNamespace(python_env="venv", worker_cores=1, worker_memory_mb=1024,
-                                   public_key_path=f"{ssh_keypair.private_key}.pub")
-        plan = plan_from(settings, staged_artifacts.downloads, facts={
-            "spark_version": mirror.facts.get("spark"),
-            "python_version": mirror.facts.get("python")})
-        install_cluster(inv, settings, plan=plan, s3=s3)
-        yield inv
-    finally:
-        inventory.INVENTORY_DIR = old_dir
+    return spark_cluster.inv
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +69,7 @@ def run(local_cloud: LocalCloud, inv: Inventory, input_: s3path.S3Path, output: 
         at = base.index("--k")
         base = base[:at] + base[at + 2:]
     req = submit.JobRequest(input_, s3path.parse(output), submit.check_job_args(base + extra))
-    with Remote(inv, known_hosts=inventory.known_hosts_path("t5"), out=None) as remote:
+    with Remote(inv, known_hosts=inventory.known_hosts_path(SHARED_CLUSTER), out=None) as remote:
         return submit.run_on_cluster(inv, remote, local_cloud.s3_client(), req,
                                      Path(inventory.INVENTORY_DIR) / "runs",
                                      out=out or io.StringIO(), **kw)
@@ -154,7 +135,8 @@ def test_killing_a_worker_mid_job_still_gives_the_same_complete_output(
     killed = threading.Event()
     featurizing = threading.Event()
     out = io.StringIO()
-    with Remote(cluster, known_hosts=inventory.known_hosts_path("t5"), out=None) as remote:
+    known = inventory.known_hosts_path(SHARED_CLUSTER)
+    with Remote(cluster, known_hosts=known, out=None) as remote:
         pid = spark.daemon_pid(remote, victim)
         assert pid is not None
         # The daemon's whole process tree, by pid: the supervised launcher (runuser), the
