@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,6 +99,11 @@ def listening_ports(ss_output: str) -> set[int]:
     return ports
 
 
+def _ere_literal(text: str) -> str:
+    """`text` as a grep -E pattern matching exactly it."""
+    return re.sub(r"([.\[\]{}()\\*+?^$|])", r"\\\1", text)
+
+
 def _grep(argv: list[str], root: Path, mode: str = "-E") -> set[str]:
     """The files under `root` with a match. Only their paths: a finding never repeats the
     key it found (a test's failure message is a log too)."""
@@ -113,10 +119,10 @@ def key_findings(upper: Path, cgroup: Path, secrets: list[str]) -> list[str]:
     `secrets` (the credentials its metadata service handed out), configuration assigning a
     key, and every process of it with a key variable or secret in its environment."""
     excluded = [f"--exclude-dir={d}" for d in SOFTWARE_DIRS]
-    files = _grep(["-e", KEY_ID_PATTERN], upper)
+    # Key ids and the secrets in one pass over the layer (gigabytes: the venv is in it).
+    anywhere = [KEY_ID_PATTERN, *(_ere_literal(s) for s in secrets)]
+    files = _grep([a for pattern in anywhere for a in ("-e", pattern)], upper)
     files |= _grep([*excluded, "-e", ASSIGNED_PATTERN], upper)
-    if secrets:
-        files |= _grep([a for s in secrets for a in ("-e", s)], upper, "-F")
     found = [f"file {path}" for path in sorted(files)]
     for pid in machines.cgroup_pids(cgroup):
         with contextlib.suppress(OSError):
