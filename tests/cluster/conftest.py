@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -228,9 +229,13 @@ def ssh(ssh_keypair: Keypair) -> Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture(scope="session")
 def mirror() -> Mirror:
-    """The local artifact mirror in .cache/mirror: built on first use (minutes: pip, mvn,
-    Spark assembled from pyspark), reused while pyspark and the pins stay the same."""
-    return build_mirror(CLOUD_ROOT.parent / "mirror")
+    """The artifact mirror for the namespace hosts, which run this machine's Python: built on
+    first use (minutes: pip, mvn, Spark assembled from pyspark), reused while pyspark and the
+    pins stay the same. Not `fab local-cloud-up`'s .cache/mirror: that one holds the booted
+    machines' Python's wheelhouse (Debian's 3.13), and one folder for both rebuilt each
+    wheelhouse in turn and deleted the other's from under a staged Mirror."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return build_mirror(CLOUD_ROOT.parent / f"mirror-hosts-py{version}", version)
 
 
 def _stage(cloud: LocalCloud, mirror: Mirror) -> Staged:
