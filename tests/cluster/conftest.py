@@ -90,10 +90,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.cluster)
     # The tests on the one shared installed cluster run last and together, so it is up only
     # while they run (a session fixture ends with the session).
-    shared = [item for item in items if "spark_cluster" in getattr(item, "fixturenames", ())]
-    if shared:
-        ids = {id(item) for item in shared}
-        items[:] = [item for item in items if id(item) not in ids] + shared
+    items.sort(key=lambda item: "spark_cluster" in getattr(item, "fixturenames", ()))  # stable
 
 
 def _skip_without_local_cloud() -> None:
@@ -283,8 +280,12 @@ class InstalledCluster:
 
     def write_known_hosts(self) -> None:
         """Record the hosts' keys as they are now (a test may replace a host)."""
-        inventory.known_hosts_path(self.inv.cluster, self.inv_dir).write_text(
-            self.cloud.known_hosts())
+        record_host_keys(self.cloud, self.inv.cluster, self.inv_dir)
+
+
+def record_host_keys(cloud: LocalCloud, cluster: str, inv_dir: Path) -> None:
+    """The cloud's hosts' keys as the cluster's known_hosts in `inv_dir`."""
+    inventory.known_hosts_path(cluster, inv_dir).write_text(cloud.known_hosts())
 
 
 @pytest.fixture(scope="session")
@@ -314,7 +315,7 @@ def spark_cluster(ssh_keypair: Keypair, mirror: Mirror,
         plan = plan_from(settings, staged.downloads, facts={
             "spark_version": mirror.facts.get("spark"),
             "python_version": mirror.facts.get("python")})
-        inventory.known_hosts_path(SHARED_CLUSTER, inv_dir).write_text(cloud.known_hosts())
+        record_host_keys(cloud, SHARED_CLUSTER, inv_dir)
         t0 = time.monotonic()
         report = install_cluster(inv, settings, plan=plan, inventory_dir=inv_dir, s3=s3)
         yield InstalledCluster(cloud, inv, inv_dir, settings, plan, s3,

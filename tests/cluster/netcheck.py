@@ -104,10 +104,10 @@ def _ere_literal(text: str) -> str:
     return re.sub(r"([.\[\]{}()\\*+?^$|])", r"\\\1", text)
 
 
-def _grep(argv: list[str], root: Path, mode: str = "-E") -> set[str]:
+def _grep(argv: list[str], root: Path) -> set[str]:
     """The files under `root` with a match. Only their paths: a finding never repeats the
     key it found (a test's failure message is a log too)."""
-    out = subprocess.run(["grep", "-rIo", mode, "--devices=skip", *argv, str(root)],
+    out = subprocess.run(["grep", "-rIo", "-E", "--devices=skip", *argv, str(root)],
                          capture_output=True, text=True, timeout=600)
     return {line.split(":", 1)[0] for line in out.stdout.splitlines()
             if ":" in line and not line.rstrip().endswith("EXAMPLE")}

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SHARED_BUCKET, SHARED_CLUSTER, SHARED_WORKER, InstalledCluster
+from conftest import (
+    SHARED_BUCKET,
+    SHARED_CLUSTER,
+    SHARED_WORKER,
+    InstalledCluster,
+    record_host_keys,
+)
 
 from sparkfab import inventory, spark
 from sparkfab.install import InstallPlan, InstallReport, install_cluster
@@ -67,7 +73,7 @@ class Cluster:
 
     def install(self, inv: Inventory | None = None) -> InstallReport:
         inv = inv or self.inv
-        inventory.known_hosts_path(CLUSTER, self.inv_dir).write_text(self.cloud.known_hosts())
+        record_host_keys(self.cloud, CLUSTER, self.inv_dir)
         return install_cluster(inv, self.settings, plan=self.plan,
                                inventory_dir=self.inv_dir, s3=self.s3)
 
