@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from sparkfab import demo_weights, samples
+from sparkfab import class_archive, demo_weights, samples
 from sparkfab.errors import UserError
 from sparkfab.java import java_home, spark_env
 from sparkfab.quiet import NOISE
@@ -97,10 +97,13 @@ def conf_args(conf: dict[str, str]) -> list[str]:
 
 
 def local_command(opts: JobOptions, cores: int | None = None, driver_memory: str = "2g",
-                  extra_conf: dict[str, str] | None = None) -> list[str]:
+                  extra_conf: dict[str, str] | None = None, java_options: str = "") -> list[str]:
+    """spark-submit's command line; `java_options` are added to the driver JVM's own."""
     master = f"local[{cores}]" if cores else "local[*]"
+    driver_java = LOCAL_SPARK_CONF["spark.driver.extraJavaOptions"]
     conf = {
         **LOCAL_SPARK_CONF,
+        "spark.driver.extraJavaOptions": f"{driver_java} {java_options}".strip(),
         # The model is kept per Python worker across tasks: workers must be reused.
         "spark.python.worker.reuse": "true",
         **(extra_conf or {}),
@@ -166,10 +169,32 @@ def _pump(src: IO[str], dst: IO[str], errors: list[str], last: list[str]) -> Non
 def run_local(opts: JobOptions, cores: int | None = None,
               extra_conf: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the job in local mode; returns its manifest. UserError when it fails."""
-    if java_home() is None:
+    home = java_home()
+    if home is None:
         raise UserError("Spark needs Java 17 or 21 and none was found",
                         "run `make setup` (it installs one into .venv) or set JAVA_HOME")
-    cmd = local_command(opts, cores, extra_conf=extra_conf)
+    archive = class_archive.plan(home)
+    if archive.writing is not None:
+        print(f"jvm: this run writes the driver's class archive {archive.final} as it ends "
+              "(once; later local runs start seconds sooner)", flush=True)
+    cmd = local_command(opts, cores, extra_conf=extra_conf, java_options=archive.java_options)
+    rc = None
+    try:
+        rc, errors, last_out = _run_pumped(cmd)
+    finally:
+        class_archive.finish(archive, succeeded=rc == 0)
+    if rc == JOB_USAGE_EXIT and errors:
+        raise UserError(errors[-1], "fix the input or flag named above (`fab run-job --help`)")
+    if rc != 0:
+        raise UserError(f"the featurize + PCA job failed (exit status {rc})",
+                        "see the Spark/Python log above for the cause")
+    if "://" in opts.output and not opts.output.startswith("file:"):
+        return json.loads(last_out[0])
+    return json.loads((Path(opts.output) / "manifest.json").read_text())
+
+
+def _run_pumped(cmd: list[str]) -> tuple[int, list[str], list[str]]:
+    """Run the job, echoing its output: (exit status, its `error:` lines, its last JSON)."""
     proc = subprocess.Popen(cmd, env=local_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     errors: list[str] = []
@@ -183,14 +208,7 @@ def run_local(opts: JobOptions, cores: int | None = None,
     rc = proc.wait()
     for pump in pumps:
         pump.join()
-    if rc == JOB_USAGE_EXIT and errors:
-        raise UserError(errors[-1], "fix the input or flag named above (`fab run-job --help`)")
-    if rc != 0:
-        raise UserError(f"the featurize + PCA job failed (exit status {rc})",
-                        "see the Spark/Python log above for the cause")
-    if "://" in opts.output and not opts.output.startswith("file:"):
-        return json.loads(last_out[0])
-    return json.loads((Path(opts.output) / "manifest.json").read_text())
+    return rc, errors, last_out
 
 
 def default_options(

@@ -122,6 +122,11 @@ def test_local_spark_binds_loopback_only_and_uses_this_python() -> None:
     assert localjob.local_env()["PYSPARK_PYTHON"] == sys.executable
     opts.engine = "tensorflow"
     assert localjob.local_command(opts)[-6:-4] == ["--engine", "tensorflow"]
+    # The class archive's options join the driver JVM's own, in the one setting Spark reads.
+    with_archive = localjob.local_command(opts, java_options="-XX:SharedArchiveFile=/a.jsa")
+    java = [a for a in with_archive if a.startswith("spark.driver.extraJavaOptions=")]
+    assert java == ["spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1 "
+                    "-XX:SharedArchiveFile=/a.jsa"]
 
 
 def test_local_mode_is_quiet_before_spark_reads_its_log_level() -> None:
