@@ -78,6 +78,18 @@ class Store:
         statuses = self.fs.listStatus(self._path(self.uri(*parts)))
         return [str(s.getPath().getName()) for s in statuses]
 
+    def list_names_if_any(self, *parts: str) -> list[str]:
+        """list_names, or [] where the folder does not exist: one request (on S3), not an
+        exists() and then the listing."""
+        from py4j.protocol import Py4JJavaError
+
+        try:
+            return self.list_names(*parts)
+        except Py4JJavaError as exc:
+            if exc.java_exception.getClass().getName() == "java.io.FileNotFoundException":
+                return []
+            raise
+
     def list_files(self) -> list[tuple[str, int]]:
         """(path, size) of every file below base, skipping what Spark's readers skip.
 
