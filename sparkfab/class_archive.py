@@ -8,10 +8,13 @@ took 14 s instead of 17.5.
 
 The first local run without an archive writes one as its JVM exits
 (-XX:ArchiveClassesAtExit, to a name of its own); `finish` renames it into place once the
-run has succeeded, so a run killed half way leaves no half archive, and two first runs at
-once each write their own. The archive's name holds a digest of the Java runtime and
-Spark's jars: another Java or another pyspark makes another archive, and the JVM itself
-ignores one that does not match its class path. Its log lines about classes it could not
+run has succeeded and a JVM started with -Xshare:on mapped it, so a run killed half way
+leaves no half archive, and two first runs at once each write their own. The JVM does not
+fall back from an archive cut short, it dies (SIGBUS): beside the archive its size is
+kept, written last, and an archive of another size, or without one, is written anew.
+The archive's name holds a digest of the Java runtime and Spark's jars: another Java or
+another pyspark makes another archive, and the JVM itself ignores one that does not match
+its class path. Its log lines about classes it could not
 archive are switched off: they are not the user's business.
 """
 
@@ -21,6 +24,7 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +75,9 @@ def plan(java_home: Path | None) -> Plan:
     final = archive_path(java_home)
     if not _PLAIN_PATH.match(str(final)):
         return Plan("")
-    if final.is_file():
+    if _is_whole(final):
         return Plan(f"{QUIET} -XX:SharedArchiveFile={final}")
+    _remove(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only home: runs work as before, only slower
@@ -81,22 +86,42 @@ def plan(java_home: Path | None) -> Plan:
     return Plan(f"{QUIET} -XX:ArchiveClassesAtExit={writing}", writing, final)
 
 
-def finish(plan: Plan, succeeded: bool) -> bool:
-    """After the run: keep the archive it wrote if it succeeded. True if one was kept."""
+def finish(plan: Plan, succeeded: bool, maps: Callable[[Path], bool]) -> bool:
+    """After the run: keep the archive it wrote if the run succeeded and `maps(archive)`
+    says a JVM can use it. True if one was kept."""
     if plan.writing is None or plan.final is None:
         return False
     try:
-        if succeeded and plan.writing.is_file() and plan.writing.stat().st_size > 0:
-            os.replace(plan.writing, plan.final)
-            _remove_others(plan.final)
-            return True
-        return False
+        if not (succeeded and plan.writing.is_file() and plan.writing.stat().st_size > 0
+                and maps(plan.writing)):
+            return False
+        size = plan.writing.stat().st_size
+        os.replace(plan.writing, plan.final)
+        _size_file(plan.final).write_text(f"{size}\n")
+        _remove_others(plan.final)
+        return True
     finally:
         plan.writing.unlink(missing_ok=True)
+
+
+def _size_file(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".size")
+
+
+def _is_whole(archive: Path) -> bool:
+    try:
+        return int(_size_file(archive).read_text()) == archive.stat().st_size
+    except (OSError, ValueError):
+        return False
+
+
+def _remove(archive: Path) -> None:
+    archive.unlink(missing_ok=True)
+    _size_file(archive).unlink(missing_ok=True)
 
 
 def _remove_others(kept: Path) -> None:
     """Archives of an earlier Java or pyspark are 100-200 MB each: one is kept."""
     for other in kept.parent.glob(f"spark-driver-*{SUFFIX}"):
         if other != kept:
-            other.unlink(missing_ok=True)
+            _remove(other)

@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,7 +183,7 @@ def run_local(opts: JobOptions, cores: int | None = None,
     try:
         rc, errors, last_out = _run_pumped(cmd)
     finally:
-        class_archive.finish(archive, succeeded=rc == 0)
+        class_archive.finish(archive, succeeded=rc == 0, maps=jvm_maps_archive)
     if rc == JOB_USAGE_EXIT and errors:
         raise UserError(errors[-1], "fix the input or flag named above (`fab run-job --help`)")
     if rc != 0:
@@ -191,6 +192,23 @@ def run_local(opts: JobOptions, cores: int | None = None,
     if "://" in opts.output and not opts.output.startswith("file:"):
         return json.loads(last_out[0])
     return json.loads((Path(opts.output) / "manifest.json").read_text())
+
+
+def jvm_maps_archive(archive: Path) -> bool:
+    """Whether spark-submit's own JVM starts with `archive` mapped: -Xshare:on refuses to
+    start on one it cannot use (another class path, a broken header). A JVM that dies on
+    it writes its crash report into a folder removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="sparkfab-jvm-") as scratch:
+        options = (f"-Xshare:on -XX:SharedArchiveFile={archive} "
+                   f"-XX:ErrorFile={scratch}/hs_err_%p.log")
+        try:
+            done = subprocess.run(
+                [str(spark_submit()), "--conf", f"spark.driver.extraJavaOptions={options}",
+                 "--version"], env=local_env(), capture_output=True, text=True,
+                timeout=120, cwd=scratch)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    return done.returncode == 0
 
 
 def _run_pumped(cmd: list[str]) -> tuple[int, list[str], list[str]]:
