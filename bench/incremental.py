@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         link_input(WORKDIR / "prime", first[:PRIME_IMAGES])
         run(WORKDIR / "prime", "prime", args, weights, store="prime-features")
     one = run(folder, "1", args, weights)
-    for f in held:
-        os.link(f, folder / f.parent.name / f.name)
+    link_input(folder, held)
     two = run(folder, "2", args, weights)
     t1, t2 = one["timings_s"], two["timings_s"]
     print(f"featurize stage, run 2 / run 1 = {t2['featurize'] / t1['featurize']:.3f} "

@@ -233,14 +233,13 @@ class FeatureStore:
         from the batches' key files, and from the batches themselves where one has none."""
         batches = self.committed() if batches is None else batches
         rows: list[tuple[str, int, int, str, bool]] = []
-        unlisted = list(batches)
+        unlisted: list[str] = []
         if batches:
             # The key files in one copy to the driver's disk: one call, not one per batch
             # (each one a request on S3, and a file read through py4j about 50 ms here).
             # A batch's key file is written before its commit: every batch listed above
             # that has one is in the copy.
             with self.files.local_copy(KEYS, missing_ok=True) as folder:
-                unlisted = []
                 for batch in batches:
                     key_file = folder / _key_file(batch) if folder else None
                     if key_file is not None and key_file.is_file():

@@ -14,8 +14,8 @@ fall back from an archive cut short, it dies (SIGBUS): beside the archive its si
 kept, written last, and an archive of another size, or without one, is written anew.
 The archive's name holds a digest of the Java runtime and Spark's jars: another Java or
 another pyspark makes another archive, and the JVM itself ignores one that does not match
-its class path. Its log lines about classes it could not
-archive are switched off: they are not the user's business.
+its class path. Its log lines about classes it could not archive are switched off: they
+are not the user's business.
 """
 
 from __future__ import annotations
