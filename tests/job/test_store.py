@@ -14,8 +14,10 @@ import store
 
 pytestmark = pytest.mark.slow
 
+# The last two need select_files' hex literal: a quote, and a "${...}" the SQL parser
+# would substitute (spark.app.name) even inside a raw literal.
 ODD_NAMES = ["a/plain.jpg", "café au lait/ä b.JPG", "x/a [1]%20.png", "x/semi; colon=1.jpg",
-             "y/plain.jpg", "q/it's a \\' quote.jpg"]
+             "y/plain.jpg", "q/it's a \\' quote.jpg", "v/${spark.app.name}.jpg"]
 
 
 def _files(spark, root: Path):
@@ -23,9 +25,11 @@ def _files(spark, root: Path):
 
 
 def _tree(root: Path) -> None:
+    """ODD_NAMES, each of its own size and modification time, and an empty file."""
     for i, name in enumerate(ODD_NAMES):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"x" * (10 + i))
+        os.utime(root / name, ns=(1_700_000_000_000_000_000 + i * 10**9,) * 2)
     (root / "a" / "empty.jpg").write_bytes(b"")
 
 
@@ -46,7 +50,8 @@ def test_the_index_listing_matches_spark_and_its_fallback(spark, tmp_path: Path,
 
 def test_select_files_reads_only_the_wanted_files(spark, tmp_path: Path) -> None:
     _tree(tmp_path)
-    # Same size and mtime as a wanted file: pruning cannot tell them apart, the path can.
+    # The same modification time as a wanted file: pruning cannot tell them apart, the
+    # path can.
     twin = tmp_path / "y" / "twin.jpg"
     twin.write_bytes((tmp_path / "a" / "plain.jpg").read_bytes())
     stat = (tmp_path / "a" / "plain.jpg").stat()
@@ -54,7 +59,7 @@ def test_select_files_reads_only_the_wanted_files(spark, tmp_path: Path) -> None
     files = _files(spark, tmp_path)
     listed = {f.path: f for f in store.list_index(files)}
     wanted = [listed[f"file:{tmp_path}/{n}"] for n in ("a/plain.jpg", "x/a [1]%20.png",
-                                                        ODD_NAMES[-1])]
+                                                        *ODD_NAMES[-2:])]
     selected = store.select_files(files, wanted).select("path", "content")
     rows = selected.collect()
     assert sorted(r["path"] for r in rows) == sorted(f.path for f in wanted)
@@ -70,7 +75,7 @@ def test_select_files_reads_only_the_wanted_files(spark, tmp_path: Path) -> None
             walk(children.next())
 
     walk(plan)
-    assert read == [4]  # the three wanted files and the twin, of eight
+    assert read == [5]  # the four wanted files and the twin, of nine
 
 
 def _rows(spark, paths: list[str], value: float, error_at: int | None = None):
