@@ -33,9 +33,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import posixpath
 import re
 import secrets
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -84,8 +86,6 @@ def default_location(output: str) -> str:
     match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://([^/]+)", output)
     if match and match.group(1) != "file":
         return f"{match.group(1)}://{match.group(2)}/{DEFAULT_REMOTE}"
-    import os
-
     return os.path.abspath(DEFAULT_LOCAL)
 
 
@@ -293,7 +293,7 @@ class FeatureStore:
             self.files.delete(TMP_PREFIX + batch)
             raise
         keys = [(k["path"], int(k["size"]), int(k["mtime_ms"]), bool(k["ok"]))
-                for k in json.loads(written.get["keys"] or "[]")]
+                for k in json.loads(_observed(self.spark, written).get("keys") or "[]")]
         self.files.write_bytes(posixpath.join(KEYS, _key_file(batch)), _keys_to_parquet(keys))
         # Last: from here on the batch exists for every reader.
         self.files.write_json(posixpath.join(COMMITS, batch), {"batch": batch, **info})
@@ -320,6 +320,39 @@ class FeatureStore:
         summary = self.files.fs.getContentSummary(self.files._path(self.files.base))
         return {"images": len(keys), "batches": len(self.committed()),
                 "bytes": int(summary.getLength())}
+
+
+def _observed(spark: Any, observation: Any) -> dict[str, str]:
+    """An Observation's string-valued metrics (to_json's, say), by way of a file on the
+    driver's disk.
+
+    py4j hands back a string of 8 to 64 KB about 45 ms late (a delayed-ACK stall on its
+    socket, as outputs.Store.read_bytes says of byte arrays); a new batch of 200 images
+    has about 30 KB of keys. The JVM writes the metrics into a properties XML file
+    instead (its escaping is the JDK's, its parsing the standard library's): a few small
+    py4j calls. What that cannot carry (a value that is no string; U+FFFE, which XML 1.0
+    has no place for) comes through py4j after all.
+    """
+    from xml.etree import ElementTree
+
+    from py4j.protocol import Py4JJavaError
+
+    jvm = spark.sparkContext._jvm
+    metrics = observation._jo.getAsJava()  # waits for the action's metrics, as .get does
+    with tempfile.TemporaryDirectory(prefix="sparkfab-observed-") as tmp:
+        path = os.path.join(tmp, "metrics.xml")
+        try:
+            properties = jvm.java.util.Properties()
+            properties.putAll(metrics)
+            stream = jvm.java.io.FileOutputStream(path)
+            try:
+                properties.storeToXML(stream, None, "UTF-8")
+            finally:
+                stream.close()
+            entries = ElementTree.parse(path).getroot().iter("entry")
+            return {str(e.get("key")): e.text or "" for e in entries}
+        except (Py4JJavaError, ElementTree.ParseError):
+            return {str(k): str(v) for k, v in observation.get.items()}
 
 
 def _key_columns() -> list[Any]:

@@ -3,6 +3,7 @@ new, the commit protocol under two writers at once, duplicates, the fingerprint.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -76,6 +77,25 @@ def test_select_files_reads_only_the_wanted_files(spark, tmp_path: Path) -> None
 
     walk(plan)
     assert read == [5]  # the four wanted files and the twin, of nine
+
+
+@pytest.mark.parametrize("text", ["café <&> \"q\" ' \\ \t end", "odd \ufffe char"])
+def test_observed_metrics_come_back_whole(spark, text: str, monkeypatch) -> None:
+    """Through the XML file; U+FFFE, which XML 1.0 cannot hold, through py4j instead."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    seen = Observation(f"test-observed-{len(text)}")
+    spark.range(3).observe(seen, F.to_json(F.collect_list(F.lit(text))).alias("keys"),
+                           F.count("*").cast("string").alias("n")).collect()
+    through_py4j = []
+    real_get = Observation.get.fget
+    monkeypatch.setattr(Observation, "get", property(
+        lambda self: through_py4j.append(1) or real_get(self)))
+    metrics = store._observed(spark, seen)
+    assert sorted(metrics) == ["keys", "n"] and metrics["n"] == "3"
+    assert json.loads(metrics["keys"]) == [text] * 3
+    assert through_py4j == ([1] if "\ufffe" in text else [])
 
 
 def _rows(spark, paths: list[str], value: float, error_at: int | None = None):
