@@ -9,6 +9,7 @@ and, once everything is there, renames it to ``--output``, writes manifest.json,
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import posixpath
@@ -51,11 +52,18 @@ def _not_found(exc: Any) -> bool:
     return bool(exc.java_exception.getClass().getName() == "java.io.FileNotFoundException")
 
 
+@functools.lru_cache(maxsize=4)
+def _hadoop_path_class(jvm: Any) -> Any:
+    """Hadoop's Path class, looked up once per JVM: py4j asks the JVM about each name of
+    `org.apache.hadoop.fs.Path` in turn, five round trips a lookup."""
+    return jvm.org.apache.hadoop.fs.Path
+
+
 class Store:
     """Files under one base URI, on whatever Hadoop filesystem the URI names."""
 
     def __init__(self, spark: Any, base: str) -> None:
-        self._jvm = spark.sparkContext._jvm
+        self._path_class = _hadoop_path_class(spark.sparkContext._jvm)
         self._conf = spark.sparkContext._jsc.hadoopConfiguration()
         self.base = base.rstrip("/")
         self.fs = self._path(self.base).getFileSystem(self._conf)
@@ -65,7 +73,7 @@ class Store:
             self.fs.setWriteChecksum(False)
 
     def _path(self, uri: str) -> Any:
-        return self._jvm.org.apache.hadoop.fs.Path(uri)
+        return self._path_class(uri)
 
     def uri(self, *parts: str) -> str:
         return posixpath.join(self.base, *parts) if parts else self.base
