@@ -235,6 +235,22 @@ def make_udf(
     return featurize
 
 
+def feature_rows(files: Any, udf: Any) -> Any:
+    """A binaryFile DataFrame's rows featurized by make_udf's `udf`, in the feature store's
+    columns and their order (path, size, mtime_ms, features, error).
+
+    One select: Spark evaluates the UDF once for both of its fields (its planner merges
+    equal Python UDF calls into one ArrowEvalPython; tests/job/test_store.py checks), and
+    each DataFrame step costs an analysis of the whole plan (about 40 ms on a fresh driver).
+    """
+    from pyspark.sql import functions as F
+
+    result = udf("content")
+    return files.select("path", F.col("length").alias("size"),
+                        F.unix_millis("modificationTime").alias("mtime_ms"),
+                        result["features"].alias("features"), result["error"].alias("error"))
+
+
 def _run(infer: engines.Infer, decoded: tuple[np.ndarray, list[str | None]], n: int
          ) -> pd.DataFrame:
     pixels, errors = decoded

@@ -42,6 +42,7 @@ DEFAULT_VARIANCE = 0.95
 # Each file counts as this many bytes when Spark packs files into partitions: large next
 # to an image, so partitions hold similar numbers of images (the cost is per image).
 FILE_OPEN_COST_BYTES = 4 * 1024 * 1024
+ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 VANISHED_REASON = "changed or removed while the job ran (not featurized; the next run will)"
 
 
@@ -144,6 +145,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.run_id is None:
         args.run_id = new_run_id()
     return args
+
+
+@contextmanager
+def session_conf(spark: Any, settings: dict[str, str]) -> Iterator[None]:
+    """Spark SQL `settings` for the queries run inside the block; the session's own values
+    (its defaults, or what spark-defaults.conf says) again after it."""
+    before = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 class Timer:
@@ -392,7 +410,6 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
         spark.conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
         spark.conf.set("spark.sql.files.maxPartitionBytes",
                        str(args.images_per_partition * (avg_bytes + FILE_OPEN_COST_BYTES)))
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size * 4))
 
     features = store.FeatureStore(spark, args.features, fp_name, fp_description)
     basis = None
@@ -422,14 +439,13 @@ def _run(spark: Any, args: argparse.Namespace, timer: Timer, temp: str,
                 batch = store.new_batch_id()
                 source = (files if len(todo) == n_images - len(empty)
                           else store.select_files(files, todo))
-                source = source.select("path", "length", "modificationTime", "content")
-                rows = source.select(
-                    "path",
-                    F.col("length").alias("size"),
-                    F.unix_millis("modificationTime").alias("mtime_ms"),
-                    udf("content").alias("r"),
-                ).select("path", "size", "mtime_ms", "r.features", "r.error")
-                with store_timer.stage("featurize_write_commit"):
+                rows = featurize.feature_rows(source, udf)
+                # One model batch per Arrow batch: a task's first images reach its Python
+                # worker once that many files are read (a fresh driver reads them slowly).
+                # Only here: PCA's passes want large batches.
+                arrow_batch = {ARROW_BATCH_CONF: str(args.batch_size)}
+                with store_timer.stage("featurize_write_commit"), session_conf(
+                        spark, arrow_batch):
                     added = features.append(rows, batch,
                                             {"run_id": args.run_id, "images": len(todo)})
                 seconds = store_timer.stages["featurize_write_commit"]

@@ -271,8 +271,8 @@ class FeatureStore:
                 for r in self._read(batches).select(*_key_columns(), "batch").collect()]
 
     def append(self, rows: Any, batch: str, info: dict[str, Any]) -> dict[Key, Stored]:
-        """Write `rows` (a DataFrame in SCHEMA's columns) as batch `batch`, then commit it;
-        returns the batch's keys."""
+        """Write `rows` (a DataFrame of SCHEMA's columns, in its order) as batch `batch`,
+        then commit it; returns the batch's keys."""
         from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
@@ -284,10 +284,12 @@ class FeatureStore:
         # the tasks that succeeded, once each): reading them back cost a Spark job.
         written = Observation(f"feature-store-keys-{batch}")
         try:
-            (rows.select("path", "size", "mtime_ms", "features", "error")
-             .observe(written, F.to_json(F.collect_list(F.struct(*_key_columns())))
-                      .alias("keys"))
-             .write.parquet(tmp))
+            (rows.observe(written, F.to_json(F.collect_list(F.struct(*_key_columns())))
+                          .alias("keys"))
+             # No dictionaries: features and paths are nearly all distinct, so Parquet
+             # would fill one per column, find it no smaller and encode the values again
+             # plainly, for a small batch as the file closes: on the task's critical path.
+             .write.option("parquet.enable.dictionary", "false").parquet(tmp))
             self.files.rename(tmp, final)
         except BaseException:
             self.files.delete(TMP_PREFIX + batch)

@@ -79,6 +79,23 @@ def test_select_files_reads_only_the_wanted_files(spark, tmp_path: Path) -> None
     assert read == [5]  # the four wanted files and the twin, of nine
 
 
+def test_feature_rows_run_the_model_once_per_image_in_the_stores_columns(
+        spark, tmp_path: Path) -> None:
+    import featurize
+    from pyspark.sql.types import _parse_datatype_string
+
+    _tree(tmp_path)
+    udf = featurize.make_udf(spark.sparkContext.broadcast(b"never read"), 32, 4, 1)
+    rows = featurize.feature_rows(_files(spark, tmp_path), udf)
+    wanted = _parse_datatype_string(store.SCHEMA)
+    assert [(f.name, f.dataType) for f in rows.schema.fields] == [
+        (f.name, f.dataType) for f in wanted.fields]
+    # Both fields of the UDF's struct come from one evaluation: one Python UDF in the plan.
+    plan = str(rows._jdf.queryExecution().executedPlan().toString())
+    assert plan.count("ArrowEvalPython") == 1
+    assert "pythonUDF0" in plan and "pythonUDF1" not in plan
+
+
 @pytest.mark.parametrize("text", ["café <&> \"q\" ' \\ \t end", "odd \ufffe char"])
 def test_observed_metrics_come_back_whole(spark, text: str, monkeypatch) -> None:
     """Through the XML file; U+FFFE, which XML 1.0 cannot hold, through py4j instead."""
