@@ -104,7 +104,7 @@ def ratios(one: dict, two: dict) -> dict[str, tuple[float, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--images", type=int, default=2000, help="images in run 1")
     parser.add_argument("--new", type=float, default=0.10, help="new images for run 2, as a "
                         "fraction of run 1's")
