@@ -59,18 +59,14 @@ def link_input(folder: Path, files: list[Path]) -> None:
             shutil.copy2(f, folder / f.parent.name / f.name)
 
 
-def prepare(n: int, new_fraction: float, workdir: Path) -> tuple[Path, list[Path], list[Path]]:
-    """Generated samples: the first n (by name) in the input, the next ones held back."""
+def prepare(n: int, new_fraction: float) -> tuple[list[Path], list[Path]]:
+    """Generated samples: the first n (by name) for run 1, the next ones held back."""
     extra = math.ceil(n * new_fraction)
     per_class = math.ceil((n + extra) / len(samples.CLASSES))
     pool = REPO / ".cache" / "bench" / f"images-{per_class}"
     samples.generate(pool, per_class)
     files = sorted(pool.rglob("*.jpg"), key=lambda p: (p.stem.rsplit("_", 1)[-1], p.parent.name))
-    first, held = files[:n], files[n:n + extra]
-    folder = workdir / "input"
-    shutil.rmtree(folder, ignore_errors=True)
-    link_input(folder, first)
-    return folder, first, held
+    return files[:n], files[n:n + extra]
 
 
 def run(folder: Path, name: str, args: argparse.Namespace, weights: Path,
@@ -124,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if not weights.exists():
         demo_weights.build(weights)
     claim(args.workdir)
-    folder, first, held = prepare(args.images, args.new, args.workdir)
+    first, held = prepare(args.images, args.new)
+    folder = args.workdir / "input"
     print(f"run 1 on {len(first)} images, run 2 adds {len(held)}; {args.cores} cores, "
           f"input {args.input_size}, batch {args.batch_size}, {args.rounds} round(s) "
           f"({folder})", flush=True)
@@ -137,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         run(args.workdir / "prime", "prime", args, weights, store="prime-features")
     rounds: list[dict[str, tuple[float, float]]] = []
     for r in range(1, args.rounds + 1):
-        if r > 1:  # the input as run 1 found it, and an empty store of the round's own
-            shutil.rmtree(folder)
-            link_input(folder, first)
+        # The input as run 1 finds it, and an empty store of the round's own.
+        shutil.rmtree(folder, ignore_errors=True)
+        link_input(folder, first)
         store = f"features-{r}"
         one = run(folder, f"{r}-1", args, weights, store=store)
         link_input(folder, held)
